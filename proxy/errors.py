@@ -1,0 +1,112 @@
+"""Errors a client can meet, each with its HTTP status and the upstream's envelope code.
+
+    ProxyError                      (status, code, message, details, headers)
+    ├── InvalidRequest              400/414/422 VALIDATION: bad id or request, no upstream call
+    ├── Unauthenticated             401 UNAUTHENTICATED: missing or invalid capability token
+    ├── NotFound                    404 NOT_FOUND: unknown resource, or not the caller's
+    ├── TooManyRequests             429 RATE_LIMITED: the caller is over a limit of its own
+    ├── UpstreamAuthError           502 UPSTREAM_AUTH: Layers rejected the proxy's key (operator)
+    ├── UpstreamUnavailable         502 UPSTREAM_UNAVAILABLE: Layers failed and nothing is cached
+    ├── UpstreamTimeout             504 UPSTREAM_TIMEOUT: Layers did not answer in time
+    └── UpstreamRateLimited         503 UPSTREAM_RATE_LIMITED: the shared key is cooling down
+
+``envelope()`` builds the body every error uses, the shape of the Layers error envelope.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+_ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_request_id() -> str:
+    """A ``req_``-prefixed id in the upstream's style (26 Crockford base32 characters)."""
+    raw = int.from_bytes(os.urandom(17), "big")
+    chars = []
+    for _ in range(26):
+        raw, rem = divmod(raw, 32)
+        chars.append(_ULID_ALPHABET[rem])
+    return "req_" + "".join(chars)
+
+
+def envelope(
+    code: str, message: str, request_id: str, details: Mapping[str, Any] | None = None
+) -> bytes:
+    """The error body: ``{"error": {"code", "message", "requestId", "details"}}``."""
+    return orjson.dumps(
+        {
+            "error": {
+                "code": code,
+                "message": message,
+                "requestId": request_id,
+                "details": dict(details or {}),
+            }
+        }
+    )
+
+
+class ProxyError(Exception):
+    """An error answered to the client with ``status`` and the envelope."""
+
+    status = 500
+    code = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = dict(details or {})
+        self.headers = dict(headers or {})
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    code = "VALIDATION"
+
+
+class Unauthenticated(ProxyError):
+    status = 401
+    code = "UNAUTHENTICATED"
+
+
+class NotFound(ProxyError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    code = "RATE_LIMITED"
+
+
+class UpstreamAuthError(ProxyError):
+    status = 502
+    code = "UPSTREAM_AUTH"
+
+
+class UpstreamUnavailable(ProxyError):
+    status = 502
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamTimeout(ProxyError):
+    status = 504
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamRateLimited(ProxyError):
+    status = 503
+    code = "UPSTREAM_RATE_LIMITED"

@@ -1,0 +1,120 @@
+"""L1: the latest snapshot of every resource this replica serves, and who waits for changes.
+
+The hot path reads a dict; nothing here does I/O. Listeners are told "key changed", never sent
+the data, so a slow consumer reads only the latest state when it gets round to it (latest wins).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from proxy.snapshot import Snapshot
+
+
+class Listener(Protocol):
+    """Something that wants to hear when a key's snapshot changes."""
+
+    def notify(self, key: str) -> None: ...
+
+
+class _FutureListener:
+    """A one-shot listener that resolves a future (cold fetches, long-polls)."""
+
+    def __init__(self, accept: Callable[[Snapshot], bool]) -> None:
+        self.future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self.accept = accept
+        self.cache: SnapshotCache | None = None
+
+    def notify(self, key: str) -> None:
+        if self.cache is None or self.future.done():
+            return
+        snap = self.cache.get(key)
+        if snap is not None and self.accept(snap):
+            self.future.set_result(snap)
+
+
+class SnapshotCache:
+    """Latest snapshot per key, with change listeners."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Snapshot] = {}
+        self._listeners: dict[str, set[Listener]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Snapshot | None:
+        """The snapshot for ``key``, if this replica has one."""
+        return self._entries.get(key)
+
+    def keys(self) -> list[str]:
+        """Every cached key."""
+        return list(self._entries)
+
+    def put(self, snap: Snapshot) -> bool:
+        """Keep ``snap`` if it is newer than what we have; tell listeners about real changes."""
+        old = self._entries.get(snap.key)
+        if old is not None:
+            if snap.version < old.version:
+                return False
+            if (
+                snap.version == old.version
+                and snap.fetched_ms <= old.fetched_ms
+                and snap.error_ms <= old.error_ms
+                and snap.error == old.error
+            ):
+                return False
+        self._entries[snap.key] = snap
+        meaningful = (
+            old is None
+            or snap.version != old.version
+            or (not snap.has_body and snap.error_ms != old.error_ms)
+        )
+        if meaningful:
+            for listener in list(self._listeners.get(snap.key, ())):
+                listener.notify(snap.key)
+        return True
+
+    def evict(self, key: str) -> None:
+        """Forget ``key`` (nobody here watches it any more)."""
+        self._entries.pop(key, None)
+
+    def listen(self, key: str, listener: Listener) -> None:
+        """Call ``listener.notify(key)`` on every change of ``key``."""
+        self._listeners.setdefault(key, set()).add(listener)
+
+    def unlisten(self, key: str, listener: Listener) -> None:
+        """Stop notifying ``listener``."""
+        listeners = self._listeners.get(key)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[key]
+
+    def has_listeners(self, key: str) -> bool:
+        """True while anybody waits on ``key``."""
+        return key in self._listeners
+
+    def listener_count(self) -> int:
+        """How many (key, listener) pairs are registered."""
+        return sum(len(v) for v in self._listeners.values())
+
+    async def wait_for(
+        self, key: str, accept: Callable[[Snapshot], bool], timeout_s: float
+    ) -> Snapshot | None:
+        """The first snapshot of ``key`` that ``accept`` takes (the current one counts), or None."""
+        current = self._entries.get(key)
+        if current is not None and accept(current):
+            return current
+        waiter = _FutureListener(accept)
+        waiter.cache = self
+        self.listen(key, waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter.future
+        except TimeoutError:
+            return None
+        finally:
+            self.unlisten(key, waiter)

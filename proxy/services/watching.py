@@ -1,0 +1,147 @@
+"""The façade the HTTP edge uses: get a resource's snapshot, wait for its next change.
+
+Hot path: an L1 hit plus a dict write for interest, no Redis. Cold path: one fetch per resource
+per replica (local single-flight) and one upstream request cluster-wide (the lease); everybody
+else waits for the snapshot to be published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from proxy.clock import Clock
+from proxy.errors import ProxyError, UpstreamRateLimited, UpstreamTimeout
+from proxy.resources import ResourceRef
+from proxy.services.cache import SnapshotCache
+from proxy.services.interest import InterestTracker
+from proxy.services.scheduler import Scheduler
+from proxy.services.stats import Stats
+from proxy.settings import Settings
+from proxy.snapshot import Snapshot
+from proxy.store.redis_store import RedisStore
+
+# How a request was satisfied, for Cache-Status.
+HIT = "hit"
+MISS = "miss"
+COLLAPSED = "collapsed"
+
+
+class Watching:
+    """Snapshots on demand, from memory when possible."""
+
+    def __init__(
+        self,
+        *,
+        cache: SnapshotCache,
+        store: RedisStore,
+        scheduler: Scheduler,
+        interest: InterestTracker,
+        settings: Settings,
+        clock: Clock,
+        stats: Stats,
+    ) -> None:
+        self.cache = cache
+        self.interest = interest
+        self._store = store
+        self._scheduler = scheduler
+        self._settings = settings
+        self._clock = clock
+        self._stats = stats
+        self._inflight: dict[str, asyncio.Future[Snapshot]] = {}
+
+    def now_ms(self) -> int:
+        """Wall clock in ms (ages are computed against it)."""
+        return int(self._clock.wall() * 1000)
+
+    def peek(self, ref: ResourceRef) -> Snapshot | None:
+        """The usable L1 snapshot of ``ref`` (expired negative entries do not count)."""
+        snap = self.cache.get(ref.key)
+        if snap is not None and snap.expires_ms and snap.expires_ms <= self.now_ms():
+            self.cache.evict(ref.key)
+            return None
+        return snap
+
+    async def snapshot(self, ref: ResourceRef) -> tuple[Snapshot, str]:
+        """The current snapshot of ``ref`` and how it was obtained (hit, miss or collapsed)."""
+        self.interest.note(ref)
+        snap = self.peek(ref)
+        if snap is not None:
+            return snap, HIT
+        pending = self._inflight.get(ref.key)
+        if pending is not None:
+            self._stats.collapsed += 1
+            return await asyncio.shield(pending), COLLAPSED
+        future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        self._inflight[ref.key] = future
+        try:
+            snap, how = await self._fetch_cold(ref)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            future.exception()  # mark retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(ref.key, None)
+        future.set_result(snap)
+        return snap, how
+
+    async def _fetch_cold(self, ref: ResourceRef) -> tuple[Snapshot, str]:
+        key = ref.key
+        stored = await self._store.read(key)
+        if stored is not None and not (stored.expires_ms and stored.expires_ms <= self.now_ms()):
+            self.cache.put(stored)
+            return self.cache.get(key) or stored, HIT
+        cooldown_ms = await self._store.cooldown_left_ms()
+        if cooldown_ms > 0:
+            raise UpstreamRateLimited(
+                "The Layers API asked the proxy to slow down and nothing is cached for this "
+                "resource yet; retry after the indicated time.",
+                headers={"Retry-After": str(math.ceil(cooldown_ms / 1000))},
+            )
+        self._stats.cold_fetches += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.cold_wait_s
+        how = COLLAPSED
+        step_s = max(0.5, self._settings.lease_ttl_s / 3)
+        while True:
+            [touched] = await self._store.touch_many(
+                [(key, not self._scheduler.owns(key), self.interest.revalidate_ms(ref))]
+            )
+            if touched.fence:
+                how = MISS  # this replica makes the upstream request
+                self._scheduler.adopt(ref, touched.fence)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamTimeout(
+                    f"The Layers API did not answer for {ref.kind.id_field} {ref.id} within "
+                    f"{self._settings.cold_wait_s:g}s."
+                )
+            got = await self.cache.wait_for(key, lambda _: True, min(remaining, step_s))
+            if got is None:
+                got = await self._store.read(key)
+                if got is not None:
+                    self.cache.put(got)
+            if got is not None:
+                return got, how
+
+    async def wait_change(
+        self, ref: ResourceRef, after_version: int, timeout_s: float
+    ) -> Snapshot | None:
+        """The next snapshot of ``ref`` with another version, or None after ``timeout_s``."""
+        self.interest.note(ref)
+        return await self.cache.wait_for(
+            ref.key, lambda s: s.version != after_version and s.has_body, timeout_s
+        )
+
+
+def raise_for_error_only(snap: Snapshot, ref: ResourceRef) -> None:
+    """An error-only record means the upstream failed before we ever had data: say so."""
+    if snap.has_body:
+        return
+    err = ProxyError(
+        f"The Layers API could not be read for {ref.kind.id_field} {ref.id} "
+        f"({snap.error or 'unknown error'}); nothing is cached yet.",
+        status=snap.error_status or 502,
+    )
+    err.code = snap.error_code or "UPSTREAM_UNAVAILABLE"
+    raise err

@@ -1,0 +1,181 @@
+"""Lua scripts: each one a single atomic step that must hold across replicas.
+
+Times come from the Redis server's clock (``TIME``), never a replica's, so the floor and the
+cooldown hold even when replica clocks disagree.
+"""
+
+from __future__ import annotations
+
+# Fence and version counters outlive any snapshot (TTL 24 h) by far, so they never rewind
+# while a snapshot or a replica's memory could still hold a higher number.
+COUNTER_TTL_MS = 7 * 86_400_000
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Refresh interest; maybe take the lease. KEYS: watch, lease, fence, snap.
+# ARGV: linger_ms, owner, lease_ttl_ms, want_lease (0/1), revalidate_after_ms (-1 = never).
+# A terminal snapshot is only re-polled once it is older than revalidate_after_ms.
+# Returns {fence acquired or 0, snapshot version, fetched_ms, holder}.
+TOUCH = (
+    _NOW
+    + """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+local holder = redis.call('GET', KEYS[2])
+local got = 0
+local version = tonumber(redis.call('HGET', KEYS[4], 'version') or '0')
+local fetched = tonumber(redis.call('HGET', KEYS[4], 'fetched_ms') or '0')
+if ARGV[4] == '1' and not holder then
+  local wanted = true
+  if redis.call('HGET', KEYS[4], 'terminal') == '1' then
+    local reval = tonumber(ARGV[5])
+    local expires = tonumber(redis.call('HGET', KEYS[4], 'expires_ms') or '0')
+    if expires > 0 or reval < 0 or now - fetched < reval then wanted = false end
+  end
+  if wanted then
+    local f = redis.call('INCR', KEYS[3])
+    local sf = tonumber(redis.call('HGET', KEYS[4], 'fence') or '0')
+    if f <= sf then
+      f = sf + 1
+      redis.call('SET', KEYS[3], f)
+    end
+    redis.call('PEXPIRE', KEYS[3], """
+    + str(COUNTER_TTL_MS)
+    + """)
+    holder = ARGV[2] .. ':' .. f
+    redis.call('SET', KEYS[2], holder, 'PX', ARGV[3])
+    got = f
+  end
+end
+return {got, version, fetched, holder or ''}
+"""
+)
+
+# KEYS: lease. ARGV: token, ttl_ms. Extend the lease only if we still hold it.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: token. Hand the lease back only if we still hold it.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# The gate before every upstream request. KEYS: lease, last, watch, cooldown, budget.
+# ARGV: token, gap_ms, require_watch (0/1), budget_interval_ms (0 = no budget), budget_burst_ms.
+# Returns {verdict, ms}: ok (ms = now), lost, idle, cooldown|wait|budget (ms = how long to wait).
+CLAIM = (
+    _NOW
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'lost', 0} end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[3]) == 0 then return {'idle', 0} end
+local cd = redis.call('PTTL', KEYS[4])
+if cd > 0 then return {'cooldown', cd} end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local gap = tonumber(ARGV[2])
+if now - last < gap then return {'wait', gap - (now - last)} end
+local interval = tonumber(ARGV[4])
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
+  if tat < now then tat = now end
+  local burst = tonumber(ARGV[5])
+  if tat - now > burst then return {'budget', tat - now - burst} end
+  redis.call('SET', KEYS[5], tat + interval, 'PX', tat + interval - now + 1000)
+end
+-- The last-poll time is only needed for one gap (seconds); an hour is plenty.
+redis.call('SET', KEYS[2], now, 'PX', 3600000)
+return {'ok', now}
+"""
+)
+
+# Fenced compare-and-set of a snapshot. KEYS: lease, snap, version counter.
+# ARGV: token, fence, mode, ttl_ms, channel, resource key, then
+#   mode 'data':  body, etag, status_code, status, stage, terminal, upstream_etag, negative_ttl_ms,
+#                 extra
+#   mode 'error': error, error_status, error_code, error_only_ttl_ms
+# Refuses (returns {0, 0, {}}) unless the caller still holds the lease and its fence is not older
+# than the stored one, so a paused old poller can never overwrite newer state.
+# Returns {version, changed (0/1), HGETALL of the new state}.
+WRITE = (
+    _NOW
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0, {}} end
+local fence = tonumber(ARGV[2])
+local sf = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
+if fence < sf then return {0, 0, {}} end
+local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+local changed = 0
+local mode = ARGV[3]
+if mode == 'data' then
+  if redis.call('HGET', KEYS[2], 'etag') ~= ARGV[8] then
+    -- The counter outlives the hash, so a re-created snapshot never reuses an old version.
+    version = math.max(version, tonumber(redis.call('GET', KEYS[3]) or '0')) + 1
+    redis.call('SET', KEYS[3], version, 'PX', """
+    + str(COUNTER_TTL_MS)
+    + """)
+    changed = 1
+    if redis.call('HGET', KEYS[2], 'stage') ~= ARGV[11]
+        or redis.call('HGET', KEYS[2], 'status') ~= ARGV[10] then
+      redis.call('HSET', KEYS[2], 'stage_since_ms', now)
+    end
+    redis.call('HSET', KEYS[2], 'body', ARGV[7], 'etag', ARGV[8], 'status_code', ARGV[9],
+      'status', ARGV[10], 'stage', ARGV[11], 'terminal', ARGV[12], 'version', version,
+      'extra', ARGV[15])
+  end
+  redis.call('HSET', KEYS[2], 'fetched_ms', now, 'error', '', 'error_status', 0,
+    'error_code', '', 'error_ms', 0, 'fence', fence, 'upstream_etag', ARGV[13])
+  local negative = tonumber(ARGV[14])
+  if negative > 0 then
+    redis.call('HSET', KEYS[2], 'expires_ms', now + negative)
+    redis.call('PEXPIRE', KEYS[2], negative)
+  else
+    redis.call('HSET', KEYS[2], 'expires_ms', 0)
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  end
+else
+  local had_body = redis.call('HEXISTS', KEYS[2], 'body') == 1
+  redis.call('HSET', KEYS[2], 'error', ARGV[7], 'error_status', ARGV[8], 'error_code', ARGV[9],
+    'error_ms', now, 'fence', fence, 'version', version)
+  if had_body then
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  else
+    redis.call('PEXPIRE', KEYS[2], ARGV[10])
+  end
+  changed = 1
+end
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. '|' .. version .. '|' .. now .. '|' .. mode)
+return {version, changed, redis.call('HGETALL', KEYS[2])}
+"""
+)
+
+# KEYS: cooldown. ARGV: ms. Extend the cluster-wide cooldown, never shorten it.
+COOLDOWN = """
+local current = redis.call('PTTL', KEYS[1])
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return redis.call('PTTL', KEYS[1])
+"""
+
+# A generic GCRA limiter. KEYS: tat key. ARGV: interval_ms, burst_ms.
+# Returns {allowed (0/1), retry_after_ms}.
+GCRA = (
+    _NOW
+    + """
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now > burst then return {0, tat - now - burst} end
+redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
+return {1, 0}
+"""
+)

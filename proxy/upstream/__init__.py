@@ -1,0 +1,1 @@
+"""The Layers API adapter: one GET, classified into an outcome the poller acts on."""

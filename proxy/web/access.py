@@ -1,0 +1,95 @@
+"""Who is calling and what they may watch: the open mode, or tenant capability tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.errors import InvalidRequest, NotFound, Unauthenticated
+from proxy.resources import JOB, ResourceKind, ResourceRef
+from proxy.settings import Settings
+from proxy.tenant_config import TenantConfig
+from proxy.tokens import Grant, TokenError, verify_token
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The caller of one request: a tenant grant, or nobody in particular (open mode)."""
+
+    grant: Grant | None = None
+
+    @property
+    def tenant(self) -> TenantConfig | None:
+        """The tenant, when tokens are on."""
+        return self.grant.tenant if self.grant is not None else None
+
+    @property
+    def tenant_id(self) -> str:
+        """A label for stats and fairness ('-' in open mode)."""
+        return self.grant.tenant.id if self.grant is not None else "-"
+
+    @property
+    def org(self) -> str | None:
+        """The upstream organization this caller reads as (part of every cache key)."""
+        tenant = self.tenant
+        return tenant.organization if tenant is not None else None
+
+    def may_watch(self, kind: ResourceKind, resource_id: str) -> bool:
+        """True when the token names this resource (always in open mode)."""
+        if self.grant is None:
+            return True
+        allowed = self.grant.jobs if kind is JOB else self.grant.containers
+        return resource_id in allowed
+
+
+def bearer_token(request: web.Request) -> str:
+    """The token from ``Authorization: Bearer`` or, for EventSource, ``?access_token=``."""
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query.get("access_token", "")
+
+
+class Access:
+    """Turns a request into a caller and a permitted resource, or a clear 4xx."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.open = settings.auth_mode == "none"
+        self._tenants = {t.id: t for t in settings.tenants}
+        self._audience = settings.token_audience
+        self._open_caller = Caller()
+
+    def tenant(self, tenant_id: str) -> TenantConfig | None:
+        """A configured tenant by id."""
+        return self._tenants.get(tenant_id)
+
+    def caller(self, request: web.Request) -> Caller:
+        """The caller; ``Unauthenticated`` when tokens are on and the token is not good."""
+        if self.open:
+            return self._open_caller
+        token = bearer_token(request)
+        if not token:
+            raise Unauthenticated(
+                "A capability token is required: send 'Authorization: Bearer <token>' "
+                "(or ?access_token=<token> for EventSource)."
+            )
+        try:
+            grant = verify_token(token, self._tenants, audience=self._audience)
+        except TokenError:
+            # One message for every reason, so a prober learns nothing about secrets or tenants.
+            raise Unauthenticated("The capability token is invalid or expired.") from None
+        return Caller(grant)
+
+    def resource(self, caller: Caller, kind: ResourceKind, raw_id: str) -> ResourceRef:
+        """The canonical resource for ``raw_id``; 400 when malformed, 404 when not the caller's."""
+        rid = kind.canonical_id(raw_id)
+        if rid is None:
+            raise InvalidRequest(
+                f"{kind.id_field} must be {kind.id_hint}.",
+                details={"field": kind.id_field, "value": raw_id[:80]},
+            )
+        if not caller.may_watch(kind, rid):
+            # Identical to an unknown resource: existence must not leak across tenants.
+            raise NotFound(f"{kind.id_field} {rid} was not found.")
+        return ResourceRef(kind, rid, caller.org)

@@ -1,0 +1,25 @@
+"""Typed application keys for the objects the composition root shares with handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.clock import Clock
+from proxy.services.stats import Stats
+from proxy.settings import Settings
+
+if TYPE_CHECKING:
+    from proxy.services.scheduler import Scheduler
+    from proxy.services.watching import Watching
+    from proxy.store.redis_store import RedisStore
+    from proxy.web.access import Access
+
+SETTINGS = web.AppKey("settings", Settings)
+CLOCK = web.AppKey("clock", Clock)
+STATS = web.AppKey("stats", Stats)
+STORE: web.AppKey[RedisStore] = web.AppKey("store")
+WATCHING: web.AppKey[Watching] = web.AppKey("watching")
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+ACCESS: web.AppKey[Access] = web.AppKey("access")

@@ -1,0 +1,98 @@
+"""Turning snapshots and errors into HTTP responses (the only place that maps errors to HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from proxy.cadence import poll_interval_s
+from proxy.errors import ProxyError, envelope
+from proxy.settings import Settings
+from proxy.snapshot import Snapshot
+from proxy.web.headers import cache_status
+
+JSON = "application/json"
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str,
+    *,
+    details: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """An error in the upstream's envelope shape."""
+    return web.Response(
+        status=status,
+        body=envelope(code, message, request_id, details),
+        content_type=JSON,
+        headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def proxy_error_response(exc: ProxyError, request_id: str) -> web.Response:
+    """The response for a ``ProxyError``."""
+    return error_response(
+        exc.status, exc.code, exc.message, request_id, details=exc.details, headers=exc.headers
+    )
+
+
+def is_stale(snap: Snapshot, now_ms: int, settings: Settings) -> bool:
+    """True when the snapshot is older than it should be, or its last refresh failed."""
+    if snap.error:
+        return True
+    if snap.terminal:
+        return False
+    return now_ms - snap.fetched_ms > settings.stale_after_s * 1000
+
+
+def age_s(snap: Snapshot, now_ms: int) -> int:
+    """Whole seconds since the upstream last confirmed the snapshot."""
+    return max(0, (now_ms - snap.fetched_ms) // 1000)
+
+
+def poll_hint_ms(snap: Snapshot, settings: Settings) -> int:
+    """How often a polling client should come back (the cadence the proxy itself follows)."""
+    elapsed = max(0.0, (snap.fetched_ms - snap.stage_since_ms) / 1000)
+    interval = poll_interval_s(snap.status, elapsed, settings.cadence)
+    return int((interval or settings.slow_interval_s) * 1000)
+
+
+def snapshot_headers(
+    snap: Snapshot, how: str, now_ms: int, settings: Settings, request_id: str
+) -> dict[str, str]:
+    """ETag, Age, Cache-Status and friends for a snapshot answer."""
+    age = age_s(snap, now_ms)
+    return {
+        "ETag": snap.etag,
+        "Age": str(age),
+        "Cache-Status": cache_status(how, stale=is_stale(snap, now_ms, settings), age_s=age),
+        "Cache-Control": "no-cache",
+        "X-Request-Id": request_id,
+        "X-Poll-Interval-Ms": str(poll_hint_ms(snap, settings)),
+    }
+
+
+def snapshot_response(
+    snap: Snapshot,
+    how: str,
+    now_ms: int,
+    settings: Settings,
+    request_id: str,
+    *,
+    not_modified: bool = False,
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """200 (or the cached 404) with the upstream's bytes, or 304 when the client has them."""
+    headers = snapshot_headers(snap, how, now_ms, settings, request_id)
+    if extra_headers:
+        headers.update(extra_headers)
+    if not_modified:
+        return web.Response(status=304, headers=headers)
+    return web.Response(
+        status=snap.status_code or 200, body=snap.body, content_type=JSON, headers=headers
+    )

@@ -1,0 +1,16 @@
+"""The whole URL map on one screen."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.web import handlers, ops
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route."""
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/admin/stats", ops.admin_stats)
+    app.router.add_get("/v1/content/{containerId}/progress", handlers.get_progress)
+    app.router.add_get("/v1/jobs/{jobId}", handlers.get_job)
