@@ -28,6 +28,8 @@ async def serve(settings: Settings, *, ready_message: bool = True) -> None:
         access_log=None,
         handle_signals=False,
         shutdown_timeout=5.0,
+        # Cancel a handler when its client leaves, so streams release interest at once.
+        handler_cancellation=True,
         handler_args={"max_line_size": PARSER_MAX_LINE, "max_field_size": PARSER_MAX_FIELD},
     )
     await runner.setup()

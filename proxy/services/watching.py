@@ -48,7 +48,7 @@ class Watching:
         self._settings = settings
         self._clock = clock
         self._stats = stats
-        self._inflight: dict[str, asyncio.Future[Snapshot]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[Snapshot, str]]] = {}
 
     def now_ms(self) -> int:
         """Wall clock in ms (ages are computed against it)."""
@@ -71,19 +71,19 @@ class Watching:
         pending = self._inflight.get(ref.key)
         if pending is not None:
             self._stats.collapsed += 1
-            return await asyncio.shield(pending), COLLAPSED
-        future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
-        self._inflight[ref.key] = future
-        try:
-            snap, how = await self._fetch_cold(ref)
-        except BaseException as exc:
-            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            future.exception()  # mark retrieved: nobody else may be waiting
-            raise
-        finally:
-            self._inflight.pop(ref.key, None)
-        future.set_result(snap)
-        return snap, how
+            snap, _ = await asyncio.shield(pending)
+            return snap, COLLAPSED
+        # A task of its own: a client that leaves (cancelling its handler) must not cancel the
+        # fetch that other requests are waiting on.
+        task = asyncio.create_task(self._fetch_cold(ref))
+        self._inflight[ref.key] = task
+        task.add_done_callback(lambda t, key=ref.key: self._cold_done(key, t))
+        return await asyncio.shield(task)
+
+    def _cold_done(self, key: str, task: asyncio.Task[tuple[Snapshot, str]]) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an unawaited failure is not reported twice
 
     async def _fetch_cold(self, ref: ResourceRef) -> tuple[Snapshot, str]:
         key = ref.key

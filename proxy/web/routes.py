@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.web import handlers, ops
+from proxy.web import handlers, ops, streams
 
 
 def setup_routes(app: web.Application) -> None:
@@ -13,4 +13,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/admin/stats", ops.admin_stats)
     app.router.add_get("/v1/content/{containerId}/progress", handlers.get_progress)
+    app.router.add_get("/v1/content/{containerId}/progress/stream", streams.stream_progress)
     app.router.add_get("/v1/jobs/{jobId}", handlers.get_job)
+    app.router.add_get("/v1/jobs/{jobId}/stream", streams.stream_job)
+    app.router.add_get("/v1/stream", streams.stream_many)

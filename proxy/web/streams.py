@@ -1,0 +1,271 @@
+"""Push: SSE streams of one resource or many, latest state wins per client.
+
+On connect a stream sends the current snapshot at once (fetched cold, single-flight, if needed),
+then one event per new version. Per client the only state is "which keys changed since I last
+wrote", so a slow reader skips intermediate states instead of growing a queue. After the terminal
+snapshot the stream ends; a reconnect that already has it gets 204, which stops EventSource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from proxy.errors import InvalidRequest, ProxyError
+from proxy.resources import JOB, PROGRESS, ResourceKind, ResourceRef
+from proxy.snapshot import Snapshot
+from proxy.web import keys
+from proxy.web.handlers import servable
+from proxy.web.request_ids import next_request_id
+from proxy.web.sse import (
+    HEARTBEAT,
+    event_frame,
+    parse_vector_id,
+    retry_frame,
+    vector_id,
+    with_last_error,
+)
+
+log = structlog.get_logger("proxy.streams")
+
+# Small buffers make a reader that stopped reading visible as a blocked write quickly.
+_SEND_BUFFER_BYTES = 64 * 1024
+
+
+@dataclass(eq=False)
+class _StreamListener:
+    """Collects changed keys for one stream (the cache calls ``notify``)."""
+
+    changed: set[str] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self, key: str) -> None:
+        self.changed.add(key)
+        self.wake.set()
+
+
+@dataclass
+class _Slot:
+    ref: ResourceRef
+    sent_version: int = 0
+    done: bool = False  # terminal (or gone) and already sent
+
+
+def _event_bytes(ref: ResourceRef, snap: Snapshot, event_id: str) -> bytes:
+    body = snap.body
+    if snap.extra and snap.status == "failed":
+        body = with_last_error(body, snap.extra)
+    return event_frame(ref.kind.event, event_id, body)
+
+
+def _error_event(ref: ResourceRef, exc: ProxyError) -> bytes:
+    import orjson
+
+    data = orjson.dumps(
+        {
+            ref.kind.id_field: ref.id,
+            "error": {
+                "code": exc.code,
+                "message": exc.message,
+                "requestId": next_request_id(),
+                "details": exc.details,
+            },
+        }
+    )
+    return b"event: error\ndata: " + data + b"\n\n"
+
+
+def _tune_socket(request: web.Request, write_timeout_s: float) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=_SEND_BUFFER_BYTES)
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            # A peer that vanished without closing is dropped after the write timeout.
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(write_timeout_s * 1000)
+            )
+    except OSError:
+        pass
+
+
+def parse_id_list(raw: str, kind: ResourceKind, limit: int) -> list[str]:
+    """Comma-separated ids from a query parameter (empty items ignored)."""
+    ids = [item.strip() for item in raw.split(",") if item.strip()]
+    if len(ids) > limit:
+        raise InvalidRequest(
+            f"At most {limit} ids per stream.", details={"field": kind.name, "count": len(ids)}
+        )
+    return ids
+
+
+async def stream_progress(request: web.Request) -> web.StreamResponse:
+    """GET /v1/content/{containerId}/progress/stream."""
+    return await _stream(request, [(PROGRESS, request.match_info["containerId"])], single=True)
+
+
+async def stream_job(request: web.Request) -> web.StreamResponse:
+    """GET /v1/jobs/{jobId}/stream."""
+    return await _stream(request, [(JOB, request.match_info["jobId"])], single=True)
+
+
+async def stream_many(request: web.Request) -> web.StreamResponse:
+    """GET /v1/stream?containers=a,b&jobs=c: one stream for a list page."""
+    limit = request.app[keys.SETTINGS].max_stream_ids
+    wanted = [
+        (PROGRESS, i) for i in parse_id_list(request.query.get("containers", ""), PROGRESS, limit)
+    ]
+    wanted += [(JOB, i) for i in parse_id_list(request.query.get("jobs", ""), JOB, limit)]
+    if not wanted:
+        raise InvalidRequest("Name at least one id: ?containers=id1,id2 and/or ?jobs=id3.")
+    if len(wanted) > limit:
+        raise InvalidRequest(f"At most {limit} ids per stream.", details={"count": len(wanted)})
+    return await _stream(request, wanted, single=False)
+
+
+async def _stream(
+    request: web.Request, wanted: list[tuple[ResourceKind, str]], *, single: bool
+) -> web.StreamResponse:
+    access = request.app[keys.ACCESS]
+    caller = access.caller(request)
+    refs: list[ResourceRef] = []
+    for kind, raw in wanted:
+        ref = access.resource(caller, kind, raw)
+        if ref not in refs:
+            refs.append(ref)
+    return await _run_stream(request, refs, single=single, caller_tenant=caller.tenant_id)
+
+
+async def _run_stream(
+    request: web.Request, refs: list[ResourceRef], *, single: bool, caller_tenant: str
+) -> web.StreamResponse:
+    app = request.app
+    settings, watching, stats = app[keys.SETTINGS], app[keys.WATCHING], app[keys.STATS]
+    stats.client_requests += 1
+    stats.tenant_requests[caller_tenant] += 1
+    slots = [_Slot(ref) for ref in refs]
+    last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId")
+
+    # The first snapshot of every resource, cold-fetched together.
+    results = await asyncio.gather(
+        *(watching.snapshot(ref) for ref in refs), return_exceptions=True
+    )
+    first: list[Snapshot | ProxyError] = []
+    for ref, res in zip(refs, results, strict=True):
+        if isinstance(res, ProxyError):
+            first.append(res)
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            try:
+                first.append(servable(res[0], ref))
+            except ProxyError as exc:
+                first.append(exc)
+    if single:
+        only = first[0]
+        if isinstance(only, ProxyError):
+            raise only  # before the stream starts: a plain error envelope
+        if only.terminal and last_id is not None and last_id.strip() == str(only.version):
+            return web.Response(status=204, headers={"X-Request-Id": request["request_id"]})
+        if last_id is not None and last_id.strip() == str(only.version):
+            slots[0].sent_version = only.version
+    else:
+        known = parse_vector_id(last_id, len(slots))
+        if known is not None:
+            for slot, snap, version in zip(slots, first, known, strict=True):
+                if isinstance(snap, Snapshot) and snap.version == version:
+                    slot.sent_version = version
+                    slot.done = snap.terminal
+            if all(slot.done for slot in slots):
+                return web.Response(status=204, headers={"X-Request-Id": request["request_id"]})
+
+    response = web.StreamResponse(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-Id": request["request_id"],
+        },
+    )
+    await response.prepare(request)
+    _tune_socket(request, settings.sse_write_timeout_s)
+    listener = _StreamListener()
+    for slot in slots:
+        watching.cache.listen(slot.ref.key, listener)
+        watching.interest.hold(slot.ref)
+    stats.streams_open += 1
+    loop = asyncio.get_running_loop()
+    try:
+        pending = bytearray(retry_frame(settings.sse_retry_ms))
+        for slot, snap in zip(slots, first, strict=True):
+            if isinstance(snap, ProxyError):
+                pending += _error_event(slot.ref, snap)
+                slot.done = True
+            elif not slot.done:
+                pending += _render(slot, snap, slots, single)
+        await _write(response, bytes(pending), settings.sse_write_timeout_s)
+        stats.stream_events += len(slots)
+        next_heartbeat = loop.time() + settings.sse_heartbeat_s
+        while not all(slot.done for slot in slots):
+            timeout = max(0.0, next_heartbeat - loop.time())
+            try:
+                async with asyncio.timeout(timeout):
+                    await listener.wake.wait()
+            except TimeoutError:
+                await _write(response, HEARTBEAT, settings.sse_write_timeout_s)
+                next_heartbeat = loop.time() + settings.sse_heartbeat_s
+                continue
+            listener.wake.clear()
+            changed, listener.changed = listener.changed, set()
+            out = bytearray()
+            for slot in slots:
+                if slot.done or slot.ref.key not in changed:
+                    continue
+                current = watching.cache.get(slot.ref.key)
+                if current is None or current.version <= slot.sent_version:
+                    continue
+                if not current.has_body or current.status_code == 404:
+                    if current.status_code == 404:
+                        out += _error_event(
+                            slot.ref, ProxyError("The resource was not found.", status=404)
+                        )
+                        slot.done = True
+                    continue
+                out += _render(slot, current, slots, single)
+                stats.stream_events += 1
+            if out:
+                await _write(response, bytes(out), settings.sse_write_timeout_s)
+                next_heartbeat = loop.time() + settings.sse_heartbeat_s
+    except (ConnectionError, TimeoutError, asyncio.CancelledError) as exc:
+        # The client left or stopped reading; release everything below.
+        log.debug("stream_closed", reason=type(exc).__name__)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+    finally:
+        stats.streams_open -= 1
+        for slot in slots:
+            watching.cache.unlisten(slot.ref.key, listener)
+            watching.interest.unhold(slot.ref)
+    return response
+
+
+def _render(slot: _Slot, snap: Snapshot, slots: list[_Slot], single: bool) -> bytes:
+    slot.sent_version = snap.version
+    slot.done = snap.terminal
+    event_id = str(snap.version) if single else vector_id([s.sent_version for s in slots])
+    return _event_bytes(slot.ref, snap, event_id)
+
+
+async def _write(response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
+    async with asyncio.timeout(timeout_s):
+        await response.write(data)
