@@ -30,7 +30,8 @@ async def serve(settings: Settings, *, ready_message: bool = True) -> None:
         shutdown_timeout=5.0,
         # Cancel a handler when its client leaves, so streams release interest at once.
         handler_cancellation=True,
-        handler_args={"max_line_size": PARSER_MAX_LINE, "max_field_size": PARSER_MAX_FIELD},
+        max_line_size=PARSER_MAX_LINE,
+        max_field_size=PARSER_MAX_FIELD,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)

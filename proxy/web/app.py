@@ -22,6 +22,7 @@ from proxy.services.interest import InterestTracker
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
 from proxy.services.subscriber import SnapshotSubscriber
+from proxy.services.tenant_limits import TenantLimits
 from proxy.services.watching import Watching
 from proxy.settings import Settings
 from proxy.store.connect import make_clients
@@ -112,6 +113,7 @@ def create_app(
             pubsub_redis=app[_REDIS_CLIENTS][1], store=store, cache=cache
         )
         app[keys.SCHEDULER] = scheduler
+        app[keys.LIMITS] = TenantLimits(store=store, settings=settings, clock=clock)
         app[_SUBSCRIBER] = subscriber
         app[keys.WATCHING] = Watching(
             cache=cache,

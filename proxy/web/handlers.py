@@ -32,6 +32,9 @@ async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.S
     access = app[keys.ACCESS]
     caller = access.caller(request)
     ref = access.resource(caller, kind, raw_id)
+    limits = app[keys.LIMITS]
+    await limits.admit(caller)
+    limits.watch(caller, ref)
     stats.client_requests += 1
     stats.tenant_requests[caller.tenant_id] += 1
     snap, how = await watching.snapshot(ref)

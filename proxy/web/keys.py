@@ -12,6 +12,7 @@ from proxy.settings import Settings
 
 if TYPE_CHECKING:
     from proxy.services.scheduler import Scheduler
+    from proxy.services.tenant_limits import TenantLimits
     from proxy.services.watching import Watching
     from proxy.store.redis_store import RedisStore
     from proxy.web.access import Access
@@ -23,3 +24,4 @@ STORE: web.AppKey[RedisStore] = web.AppKey("store")
 WATCHING: web.AppKey[Watching] = web.AppKey("watching")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 ACCESS: web.AppKey[Access] = web.AppKey("access")
+LIMITS: web.AppKey[TenantLimits] = web.AppKey("limits")

@@ -135,14 +135,18 @@ async def stream_many(request: web.Request) -> web.StreamResponse:
 async def _stream(
     request: web.Request, wanted: list[tuple[ResourceKind, str]], *, single: bool
 ) -> web.StreamResponse:
-    access = request.app[keys.ACCESS]
+    access, limits = request.app[keys.ACCESS], request.app[keys.LIMITS]
     caller = access.caller(request)
     refs: list[ResourceRef] = []
     for kind, raw in wanted:
         ref = access.resource(caller, kind, raw)
         if ref not in refs:
             refs.append(ref)
-    return await _run_stream(request, refs, single=single, caller_tenant=caller.tenant_id)
+    await limits.admit(caller)
+    for ref in refs:
+        limits.watch(caller, ref)
+    async with limits.stream(caller):
+        return await _run_stream(request, refs, single=single, caller_tenant=caller.tenant_id)
 
 
 async def _run_stream(
