@@ -15,13 +15,14 @@ import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
 import structlog
 from redis.exceptions import RedisError
 
 from proxy.cadence import error_backoff_s, poll_interval_s
 from proxy.clock import Clock
 from proxy.errors import envelope, new_request_id
-from proxy.resources import ResourceRef
+from proxy.resources import PROGRESS, ResourceRef
 from proxy.services.cache import SnapshotCache
 from proxy.services.stats import Stats
 from proxy.settings import Settings
@@ -97,6 +98,13 @@ class Scheduler:
             return
         self._leases[ref.key] = _Lease(ref, fence, self._store.token(fence))
         self._schedule(ref.key, self._clock.monotonic())
+
+    def poke(self, key: str) -> None:
+        """Poll ``key`` as soon as the floor allows, if we hold its lease (a webhook said so)."""
+        lease = self._leases.get(key)
+        if lease is not None:
+            lease.cold = True
+            self._schedule(key, self._clock.monotonic())
 
     def _drop(self, key: str) -> None:
         self._leases.pop(key, None)
@@ -253,10 +261,13 @@ class Scheduler:
                 status, stage = ref.kind.status_of(parsed), ref.kind.stage_of(parsed)
                 terminal = ref.kind.is_terminal(parsed)
                 etag, upstream_etag = etag_for(body), result.etag
+                extra = snap.extra if snap is not None and snap.status == status else b""
+                if ref.kind is PROGRESS and status == "failed" and not extra:
+                    extra = await self._last_error(ref)
             else:
                 assert snap is not None
                 body, status, stage, terminal = snap.body, snap.status, snap.stage, snap.terminal
-                etag, upstream_etag = snap.etag, snap.upstream_etag
+                etag, upstream_etag, extra = snap.etag, snap.upstream_etag, snap.extra
             written, _ = await self._store.write_data(
                 key,
                 lease.token,
@@ -268,7 +279,7 @@ class Scheduler:
                 stage=stage,
                 terminal=terminal,
                 upstream_etag=upstream_etag,
-                extra=snap.extra if snap is not None and snap.etag == etag else b"",
+                extra=extra,
             )
             await self._key_accepted()
         elif outcome is Outcome.NOT_FOUND:
@@ -324,6 +335,22 @@ class Scheduler:
                     await hook(ref, written)
             return
         self._schedule(key, started + self._interval_s(written))
+
+    async def _last_error(self, ref: ResourceRef) -> bytes:
+        """The failed container's ``lastError`` (the progress body has no reason), or b"".
+
+        One extra upstream GET per failure, charged to the shared budget; skipped when the
+        budget or a cooldown says no, since the progress body alone is still correct.
+        """
+        if await self._store.cooldown_left_ms() or not await self._store.spend_budget():
+            return b""
+        result = await self._upstream.fetch_path(f"/v1/content/{ref.id}", org=ref.org)
+        self._stats.upstream_requests += 1
+        self._stats.by_outcome["last_error_" + result.outcome.value] += 1
+        if result.outcome is not Outcome.OK:
+            return b""
+        last_error = result.parsed.get("lastError")
+        return orjson.dumps(last_error) if isinstance(last_error, dict) else b""
 
     async def _record_failure(self, lease: _Lease, result: UpstreamResult) -> Snapshot | None:
         s = self._settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import structlog
 from redis.asyncio import Redis
@@ -19,8 +20,16 @@ log = structlog.get_logger("proxy.subscriber")
 class SnapshotSubscriber:
     """Listens on the snapshot channel; re-reads changed keys this replica cares about."""
 
-    def __init__(self, *, pubsub_redis: Redis, store: RedisStore, cache: SnapshotCache) -> None:
+    def __init__(
+        self,
+        *,
+        pubsub_redis: Redis,
+        store: RedisStore,
+        cache: SnapshotCache,
+        on_poke: Callable[[str], None] = lambda key: None,
+    ) -> None:
         self._redis = pubsub_redis
+        self._on_poke = on_poke
         self._store = store
         self._cache = cache
         self._pending: set[str] = set()
@@ -69,7 +78,7 @@ class SnapshotSubscriber:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(keys.SNAPSHOT_CHANNEL)
+                await pubsub.subscribe(keys.SNAPSHOT_CHANNEL, keys.POKE_CHANNEL)
                 self.connected.set()
                 # Anything published while we were away is picked up by re-reading all keys.
                 self._pending.update(self._cache.keys())
@@ -77,7 +86,11 @@ class SnapshotSubscriber:
                 backoff_s = 0.1
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    if msg["channel"] in (keys.POKE_CHANNEL, keys.POKE_CHANNEL.encode()):
+                        self._on_poke(msg["data"].decode())
+                    else:
                         self.on_message(msg["data"])
             except (RedisError, OSError) as exc:
                 self.connected.clear()

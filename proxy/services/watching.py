@@ -8,6 +8,7 @@ else waits for the snapshot to be published.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 
 from proxy.clock import Clock
@@ -71,13 +72,13 @@ class Watching:
         pending = self._inflight.get(ref.key)
         if pending is not None:
             self._stats.collapsed += 1
-            snap, _ = await asyncio.shield(pending)
-            return snap, COLLAPSED
+            shared, _ = await asyncio.shield(pending)
+            return shared, COLLAPSED
         # A task of its own: a client that leaves (cancelling its handler) must not cancel the
         # fetch that other requests are waiting on.
         task = asyncio.create_task(self._fetch_cold(ref))
         self._inflight[ref.key] = task
-        task.add_done_callback(lambda t, key=ref.key: self._cold_done(key, t))
+        task.add_done_callback(functools.partial(self._cold_done, ref.key))
         return await asyncio.shield(task)
 
     def _cold_done(self, key: str, task: asyncio.Task[tuple[Snapshot, str]]) -> None:
@@ -123,6 +124,22 @@ class Watching:
                     self.cache.put(got)
             if got is not None:
                 return got, how
+
+    async def refresh_now(self, ref: ResourceRef) -> None:
+        """Poll ``ref`` once as soon as the 1 s floor allows, wherever its lease lives.
+
+        Terminal snapshots included (a webhook says something changed). The result goes through
+        the normal fenced write, so every watcher everywhere gets it.
+        """
+        if self._scheduler.owns(ref.key):
+            self._scheduler.poke(ref.key)
+            return
+        # revalidate_after 0: take the lease even when the stored snapshot is terminal.
+        [touched] = await self._store.touch_many([(ref.key, True, 0)])
+        if touched.fence:
+            self._scheduler.adopt(ref, touched.fence)
+        elif touched.holder:
+            await self._store.poke(ref.key)
 
     async def wait_change(
         self, ref: ResourceRef, after_version: int, timeout_s: float

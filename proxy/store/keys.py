@@ -11,6 +11,9 @@ PREFIX = "lp:"
 # Channel: "<resource key>|<version>|<fetched_ms>|<mode>" for every snapshot write.
 SNAPSHOT_CHANNEL = PREFIX + "snapshots"
 
+# Channel: "<resource key>" asks the lease holder to poll now (webhooks end polling early).
+POKE_CHANNEL = PREFIX + "pokes"
+
 # Cluster-wide upstream cooldown after a 429; TTL = the Retry-After the upstream asked for.
 COOLDOWN = PREFIX + "cooldown"
 

@@ -264,6 +264,19 @@ class RedisStore:
         rows = await pipe.execute()
         return [Snapshot.from_fields(k, r) for k, r in zip(names, rows, strict=True)]
 
+    async def poke(self, key: str) -> None:
+        """Ask whichever replica holds ``key``'s lease to poll it now."""
+        await self.redis.publish(keys.POKE_CHANNEL, key)
+
+    async def spend_budget(self) -> bool:
+        """Take one request from the shared upstream budget (for side requests like lastError)."""
+        if not self.budget.interval_ms:
+            return True
+        allowed, _ = await self.gcra(
+            keys.BUDGET, interval_ms=self.budget.interval_ms, burst_ms=self.budget.burst_ms
+        )
+        return allowed
+
     async def extend_cooldown(self, ms: int) -> int:
         """Make every replica hold off upstream for at least ``ms``; returns the cooldown left."""
         return int(await self._cooldown(keys=[keys.COOLDOWN], args=[max(1, ms)]))

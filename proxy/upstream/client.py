@@ -150,16 +150,24 @@ class UpstreamClient:
 
     async def fetch(self, ref: ResourceRef, *, if_none_match: str = "") -> UpstreamResult:
         """GET the resource and classify the answer; never raises for HTTP or network trouble."""
+        return await self.fetch_path(
+            ref.kind.upstream_path(ref.id), org=ref.org, if_none_match=if_none_match
+        )
+
+    async def fetch_path(
+        self, path: str, *, org: str | None, if_none_match: str = ""
+    ) -> UpstreamResult:
+        """GET any upstream path with the key (and the org header when acting for one)."""
         headers = {
             "Authorization": "Bearer " + self._key.reveal(),
             "Accept": "application/json",
             "User-Agent": "layers-progress-proxy",
         }
-        if ref.org:
-            headers["X-Layers-Organization"] = ref.org
+        if org:
+            headers["X-Layers-Organization"] = org
         if if_none_match:
             headers["If-None-Match"] = if_none_match
-        url = self._base + ref.kind.upstream_path(ref.id)
+        url = self._base + path
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

@@ -110,7 +110,7 @@ def create_app(
             store=store, scheduler=scheduler, cache=cache, settings=settings, clock=clock
         )
         subscriber = SnapshotSubscriber(
-            pubsub_redis=app[_REDIS_CLIENTS][1], store=store, cache=cache
+            pubsub_redis=app[_REDIS_CLIENTS][1], store=store, cache=cache, on_poke=scheduler.poke
         )
         app[keys.SCHEDULER] = scheduler
         app[keys.LIMITS] = TenantLimits(store=store, settings=settings, clock=clock)

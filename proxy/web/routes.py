@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.web import handlers, ops, streams
+from proxy.web import batch, handlers, ops, streams
 
 
 def setup_routes(app: web.Application) -> None:
@@ -12,6 +12,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/admin/stats", ops.admin_stats)
+    app.router.add_get("/v1/content/progress", batch.get_progress_batch)
     app.router.add_get("/v1/content/{containerId}/progress", handlers.get_progress)
     app.router.add_get("/v1/content/{containerId}/progress/stream", streams.stream_progress)
     app.router.add_get("/v1/jobs/{jobId}", handlers.get_job)
