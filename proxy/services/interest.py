@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import structlog
 from redis.exceptions import RedisError
 
+from proxy.cadence import poll_interval_s
 from proxy.clock import Clock
 from proxy.resources import ResourceRef
 from proxy.services.cache import SnapshotCache
+from proxy.services.census import Census
 from proxy.services.scheduler import Scheduler
 from proxy.settings import Settings
 from proxy.store.redis_store import RedisStore
@@ -30,7 +32,7 @@ _EVICT_GRACE_S = 5.0
 @dataclass
 class _Held:
     ref: ResourceRef
-    count: int
+    tenants: dict[str, int]
 
 
 class InterestTracker:
@@ -51,7 +53,9 @@ class InterestTracker:
         self._settings = settings
         self._clock = clock
         self._recent: dict[str, ResourceRef] = {}
+        self._recent_tenants: dict[str, set[str]] = {}
         self._held: dict[str, _Held] = {}
+        self.census: Census | None = None
         self._last_seen: dict[str, float] = {}
         self._reval_ms = int(settings.revalidate_terminal_after_s * 1000)
 
@@ -59,28 +63,34 @@ class InterestTracker:
         """How old a terminal snapshot of ``ref`` must be before it is polled again (-1: never)."""
         return -1 if ref.kind.terminal_is_permanent else self._reval_ms
 
-    def note(self, ref: ResourceRef) -> None:
-        """Somebody asked for ``ref`` just now (hot path: a dict write)."""
+    def note(self, ref: ResourceRef, tenant: str = "-") -> None:
+        """``tenant`` asked for ``ref`` just now (hot path: two dict writes)."""
         self._recent[ref.key] = ref
+        who = self._recent_tenants.get(ref.key)
+        if who is None:
+            self._recent_tenants[ref.key] = {tenant}
+        else:
+            who.add(tenant)
 
-    def hold(self, ref: ResourceRef) -> None:
-        """An open stream watches ``ref`` until ``unhold``."""
+    def hold(self, ref: ResourceRef, tenant: str = "-") -> None:
+        """An open stream of ``tenant`` watches ``ref`` until ``unhold``."""
         held = self._held.get(ref.key)
         if held is None:
-            self._held[ref.key] = _Held(ref, 1)
-        else:
-            held.count += 1
-        self._recent[ref.key] = ref
+            held = self._held[ref.key] = _Held(ref, {})
+        held.tenants[tenant] = held.tenants.get(tenant, 0) + 1
+        self.note(ref, tenant)
 
-    def unhold(self, ref: ResourceRef) -> None:
+    def unhold(self, ref: ResourceRef, tenant: str = "-") -> None:
         """A stream stopped watching ``ref``; the linger runs from now."""
         held = self._held.get(ref.key)
-        if held is None:
+        if held is None or tenant not in held.tenants:
             return
-        held.count -= 1
-        if held.count <= 0:
+        held.tenants[tenant] -= 1
+        if held.tenants[tenant] <= 0:
+            del held.tenants[tenant]
+        if not held.tenants:
             del self._held[ref.key]
-            self._recent[ref.key] = ref
+        self.note(ref, tenant)
 
     def watched_count(self) -> int:
         """Distinct resources watched here recently or held open."""
@@ -89,9 +99,12 @@ class InterestTracker:
     async def flush_once(self) -> None:
         """One round trip: refresh interest, take free leases, reconcile missed snapshots."""
         batch = self._recent
+        who = self._recent_tenants
         self._recent = {}
+        self._recent_tenants = {}
         for key, held in self._held.items():
             batch[key] = held.ref
+            who.setdefault(key, set()).update(held.tenants)
         now = self._clock.monotonic()
         for key in batch:
             self._last_seen[key] = now
@@ -115,7 +128,27 @@ class InterestTracker:
                 for snap in await self._store.read_many(stale):
                     if snap is not None:
                         self._cache.put(snap)
+            if self.census is not None:
+                await self.census.publish(self._demand(batch, who))
         self._evict(now)
+
+    def _demand(
+        self, batch: dict[str, ResourceRef], who: dict[str, set[str]]
+    ) -> dict[tuple[str, str], float]:
+        """(tenant, key) → cadence interval for every watched resource that still needs polls."""
+        rules = self._settings.cadence
+        demand: dict[tuple[str, str], float] = {}
+        for key in batch:
+            snap = self._cache.get(key)
+            if snap is not None and (snap.terminal or snap.expires_ms):
+                continue  # terminal or negative: costs nothing
+            interval = rules.default_interval_s
+            if snap is not None and snap.has_body and not snap.error:
+                elapsed = (snap.fetched_ms - snap.stage_since_ms) / 1000
+                interval = poll_interval_s(snap.status, elapsed, rules) or interval
+            for tenant in who.get(key, {"-"}):
+                demand[(tenant, key)] = interval
+        return demand
 
     def _evict(self, now: float) -> None:
         horizon = self._settings.linger_s + _EVICT_GRACE_S

@@ -24,6 +24,7 @@ from proxy.clock import Clock
 from proxy.errors import envelope, new_request_id
 from proxy.resources import PROGRESS, ResourceRef
 from proxy.services.cache import SnapshotCache
+from proxy.services.census import Census
 from proxy.services.stats import Stats
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot, etag_for
@@ -80,6 +81,7 @@ class Scheduler:
         self.key_rejected = ""  # set while the upstream refuses our key (readiness reads it)
         self._key_ok_recorded = False
         self.on_terminal: list[TerminalHook] = []
+        self.census: Census | None = None
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -195,7 +197,11 @@ class Scheduler:
             return self._rules.floor_s
         elapsed = max(0.0, (snap.fetched_ms - snap.stage_since_ms) / 1000)
         interval = poll_interval_s(snap.status, elapsed, self._rules)
-        return interval if interval is not None else self._rules.floor_s
+        if interval is None:
+            return self._rules.floor_s
+        # Under contention the fair share stretches the cadence (never shortens it).
+        fair = self.census.interval_for(snap.key) if self.census is not None else None
+        return max(interval, fair) if fair is not None else interval
 
     async def _poll(self, lease: _Lease) -> None:
         key = lease.ref.key
@@ -227,6 +233,7 @@ class Scheduler:
                 )
             self._stats.upstream_requests += 1
             self._stats.by_outcome[result.outcome.value] += 1
+            self._charge(key)
             await self._record(lease, snap, result, started)
         except RedisError as exc:
             log.warning("poll_redis_error", key=key, error=type(exc).__name__)
@@ -335,6 +342,14 @@ class Scheduler:
                     await hook(ref, written)
             return
         self._schedule(key, started + self._interval_s(written))
+
+    def _charge(self, key: str) -> None:
+        """Attribute one upstream request to the tenants watching ``key`` (equal parts)."""
+        tenants = self.census.tenants_of(key) if self.census is not None else ()
+        if not tenants:
+            tenants = ("-",)
+        for tenant in tenants:
+            self._stats.tenant_upstream[tenant] += 1 / len(tenants)
 
     async def _last_error(self, ref: ResourceRef) -> bytes:
         """The failed container's ``lastError`` (the progress body has no reason), or b"".

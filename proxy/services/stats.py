@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 
@@ -22,7 +22,8 @@ class Stats:
     webhooks_received: int = 0
     by_outcome: Counter[str] = field(default_factory=Counter)
     tenant_requests: Counter[str] = field(default_factory=Counter)
-    tenant_upstream: Counter[str] = field(default_factory=Counter)
+    # Fractional: a resource watched by several tenants is charged to them in equal parts.
+    tenant_upstream: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready copy."""

@@ -63,9 +63,9 @@ class Watching:
             return None
         return snap
 
-    async def snapshot(self, ref: ResourceRef) -> tuple[Snapshot, str]:
+    async def snapshot(self, ref: ResourceRef, tenant: str = "-") -> tuple[Snapshot, str]:
         """The current snapshot of ``ref`` and how it was obtained (hit, miss or collapsed)."""
-        self.interest.note(ref)
+        self.interest.note(ref, tenant)
         snap = self.peek(ref)
         if snap is not None:
             return snap, HIT
@@ -142,13 +142,16 @@ class Watching:
             await self._store.poke(ref.key)
 
     async def wait_change(
-        self, ref: ResourceRef, after_version: int, timeout_s: float
+        self, ref: ResourceRef, after_version: int, timeout_s: float, tenant: str = "-"
     ) -> Snapshot | None:
         """The next snapshot of ``ref`` with another version, or None after ``timeout_s``."""
-        self.interest.note(ref)
-        return await self.cache.wait_for(
-            ref.key, lambda s: s.version != after_version and s.has_body, timeout_s
-        )
+        self.interest.hold(ref, tenant)
+        try:
+            return await self.cache.wait_for(
+                ref.key, lambda s: s.version != after_version and s.has_body, timeout_s
+            )
+        finally:
+            self.interest.unhold(ref, tenant)
 
 
 def raise_for_error_only(snap: Snapshot, ref: ResourceRef) -> None:

@@ -24,8 +24,9 @@ BUDGET = PREFIX + "budget"
 KEY_STATE = PREFIX + "keystate"
 KEY_STATE_TTL_MS = 300_000
 
-# Census of watched resources for fair sharing: sorted set of "tenant|resource key", score = expiry.
-WATCHED = PREFIX + "watched"
+# Census of watched resources for fair sharing: hash "tenant|resource key" →
+# "expiry_ms|interval_ms". Entries expire with the linger; replicas prune them when reading.
+WATCHED = PREFIX + "census"
 
 # Webhook event ids already handled; TTL 24 h, longer than any sender's retry schedule.
 WEBHOOK_SEEN_PREFIX = PREFIX + "webhook:seen:"

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from proxy.clock import Clock, SystemClock
 from proxy.logs import scrubber
 from proxy.services.cache import SnapshotCache
+from proxy.services.census import Census
 from proxy.services.interest import InterestTracker
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
@@ -109,6 +110,10 @@ def create_app(
         interest = InterestTracker(
             store=store, scheduler=scheduler, cache=cache, settings=settings, clock=clock
         )
+        census = Census(store=store, settings=settings, clock=clock)
+        scheduler.census = census
+        interest.census = census
+        app[keys.CENSUS] = census
         subscriber = SnapshotSubscriber(
             pubsub_redis=app[_REDIS_CLIENTS][1], store=store, cache=cache, on_poke=scheduler.poke
         )
@@ -128,6 +133,7 @@ def create_app(
             _spawn(scheduler.run(), "scheduler"),
             _spawn(scheduler.renew_forever(), "lease-renewal"),
             _spawn(interest.run(), "interest-flush"),
+            _spawn(census.run(), "census"),
             _spawn(subscriber.listen_forever(), "subscriber"),
             _spawn(subscriber.refresh_forever(), "subscriber-refresh"),
         ]

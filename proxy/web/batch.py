@@ -62,7 +62,7 @@ async def get_progress_batch(request: web.Request) -> web.StreamResponse:
             refs.append(exc)
 
     async def one(ref: ResourceRef) -> Snapshot:
-        snap, _ = await watching.snapshot(ref)
+        snap, _ = await watching.snapshot(ref, caller.tenant_id)
         return servable(snap, ref)
 
     results = await asyncio.gather(

@@ -37,7 +37,7 @@ async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.S
     limits.watch(caller, ref)
     stats.client_requests += 1
     stats.tenant_requests[caller.tenant_id] += 1
-    snap, how = await watching.snapshot(ref)
+    snap, how = await watching.snapshot(ref, caller.tenant_id)
     snap = servable(snap, ref)
     rid = request["request_id"]
     if etag_matches(request.headers.get("If-None-Match"), snap.etag):
@@ -47,7 +47,7 @@ async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.S
             extra = {"Preference-Applied": f"wait={int(wait_s)}"}
             if not snap.terminal and wait_s > 0:
                 stats.long_polls += 1
-                newer = await watching.wait_change(ref, snap.version, wait_s)
+                newer = await watching.wait_change(ref, snap.version, wait_s, caller.tenant_id)
                 if newer is not None:
                     newer = servable(newer, ref)
                     return snapshot_response(

@@ -11,6 +11,7 @@ from proxy.services.stats import Stats
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
+    from proxy.services.census import Census
     from proxy.services.scheduler import Scheduler
     from proxy.services.tenant_limits import TenantLimits
     from proxy.services.watching import Watching
@@ -25,3 +26,4 @@ WATCHING: web.AppKey[Watching] = web.AppKey("watching")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 ACCESS: web.AppKey[Access] = web.AppKey("access")
 LIMITS: web.AppKey[TenantLimits] = web.AppKey("limits")
+CENSUS: web.AppKey[Census] = web.AppKey("census")

@@ -75,6 +75,9 @@ def public_stats(app: web.Application) -> dict[str, object]:
         }
         for tenant in set(stats.tenant_requests) | set(stats.tenant_upstream)
     }
+    census_view = app[keys.CENSUS].tenant_view()
+    for tenant, view in census_view.items():
+        data["tenants"].setdefault(tenant, {}).update(view)  # type: ignore[attr-defined]
     data["leases_held"] = len(app[keys.SCHEDULER].owned_keys())
     data["cached_resources"] = len(app[keys.WATCHING].cache)
     return data

@@ -161,7 +161,7 @@ async def _run_stream(
 
     # The first snapshot of every resource, cold-fetched together.
     results = await asyncio.gather(
-        *(watching.snapshot(ref) for ref in refs), return_exceptions=True
+        *(watching.snapshot(ref, caller_tenant) for ref in refs), return_exceptions=True
     )
     first: list[Snapshot | ProxyError] = []
     for ref, res in zip(refs, results, strict=True):
@@ -206,7 +206,7 @@ async def _run_stream(
     listener = _StreamListener()
     for slot in slots:
         watching.cache.listen(slot.ref.key, listener)
-        watching.interest.hold(slot.ref)
+        watching.interest.hold(slot.ref, caller_tenant)
     stats.streams_open += 1
     loop = asyncio.get_running_loop()
     try:
@@ -259,7 +259,7 @@ async def _run_stream(
         stats.streams_open -= 1
         for slot in slots:
             watching.cache.unlisten(slot.ref.key, listener)
-            watching.interest.unhold(slot.ref)
+            watching.interest.unhold(slot.ref, caller_tenant)
     return response
 
 

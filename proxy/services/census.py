@@ -1,0 +1,103 @@
+"""The watch census: who watches what, cluster-wide, turned into fair poll intervals.
+
+Every replica writes its (tenant, resource, cadence interval) entries into one Redis hash on each
+interest flush, and every few seconds reads the whole hash back, drops expired entries and runs
+the pure max-min allocation. Each replica so knows the same fair interval for every resource,
+whichever replica holds its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from redis.exceptions import RedisError
+
+from proxy.clock import Clock
+from proxy.fair_share import Allocation, Demand, allocate
+from proxy.settings import Settings
+from proxy.store import keys
+from proxy.store.redis_store import RedisStore
+
+log = structlog.get_logger("proxy.census")
+
+# Leave a little of the budget for cold fetches and lastError look-ups, which are not scheduled.
+_SCHEDULED_SHARE = 0.95
+
+
+class Census:
+    """Publishes local demand and computes the cluster's fair intervals."""
+
+    def __init__(self, *, store: RedisStore, settings: Settings, clock: Clock) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._weights = {t.id: t.weight for t in settings.tenants}
+        self._budget_per_s = settings.budget_per_min / 60.0 * _SCHEDULED_SHARE
+        self._ttl_ms = int(settings.linger_s * 1000)
+        self.allocation = Allocation({}, {}, {}, {}, {})
+
+    def interval_for(self, key: str) -> float | None:
+        """The fair interval of ``key`` (None when the census does not know it yet)."""
+        return self.allocation.intervals_s.get(key)
+
+    def tenants_of(self, key: str) -> tuple[str, ...]:
+        """The tenants watching ``key`` (who pays for its polls)."""
+        return self.allocation.tenants_of.get(key, ())
+
+    async def publish(self, entries: dict[tuple[str, str], float]) -> None:
+        """Record (tenant, key) → cadence interval for this flush (one round trip)."""
+        if not entries:
+            return
+        expiry = int(self._clock.wall() * 1000) + self._ttl_ms
+        mapping: dict[str | bytes, str | bytes] = {
+            f"{tenant}|{key}": f"{expiry}|{int(interval * 1000)}"
+            for (tenant, key), interval in entries.items()
+        }
+        await self._store.redis.hset(keys.WATCHED, mapping=mapping)  # type: ignore[arg-type]
+
+    async def refresh(self) -> Allocation:
+        """Read the census, prune expired entries and recompute the allocation."""
+        raw: dict[bytes, bytes] = await self._store.redis.hgetall(keys.WATCHED)  # type: ignore[assignment]
+        now_ms = int(self._clock.wall() * 1000)
+        demands: list[Demand] = []
+        expired: list[bytes] = []
+        for field, value in raw.items():
+            try:
+                expiry_s, interval_s = value.decode().split("|")
+                tenant, key = field.decode().split("|", 1)
+            except ValueError:
+                expired.append(field)
+                continue
+            if int(expiry_s) < now_ms:
+                expired.append(field)
+                continue
+            demands.append(Demand(tenant, key, int(interval_s) / 1000))
+        if expired:
+            await self._store.redis.hdel(keys.WATCHED, *expired)
+        self.allocation = allocate(demands, self._weights, self._budget_per_s)
+        return self.allocation
+
+    def tenant_view(self) -> dict[str, dict[str, float]]:
+        """Per tenant: resources watched, demand and allocation (requests/min), mean interval."""
+        a = self.allocation
+        view: dict[str, dict[str, float]] = {}
+        for tenant, demand in a.tenant_demand.items():
+            rate = a.tenant_rate.get(tenant, 0.0)
+            count = a.tenant_resources.get(tenant, 0)
+            view[tenant] = {
+                "resources": count,
+                "demand_per_min": round(demand * 60, 2),
+                "allocated_per_min": round(rate * 60, 2),
+                "effective_interval_s": round(count / rate, 2) if rate > 0 else 0.0,
+            }
+        return view
+
+    async def run(self, period_s: float = 2.0) -> None:
+        """Recompute every ``period_s`` (cancel to stop)."""
+        while True:
+            try:
+                await self.refresh()
+            except RedisError as exc:
+                log.warning("census_refresh_failed", error=type(exc).__name__)
+            await asyncio.sleep(period_s)
