@@ -15,8 +15,9 @@ def parse_retry_after(value: str | None, *, now_wall_s: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
-        return float(int(text))
+    # isascii too: str.isdigit() accepts digits like "¹" that int() refuses.
+    if text.isascii() and text.isdigit():
+        return float(min(int(text), 86_400))
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):

@@ -37,6 +37,7 @@ class ManagedProcess:
     port: int
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    _pump_thread: threading.Thread | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     @property
@@ -55,7 +56,8 @@ class ManagedProcess:
             bufsize=1,
             start_new_session=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         self.wait_for(ready, timeout_s)
         return self
 
@@ -97,13 +99,18 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
+        if self.proc is None:
+            return None
+        if self.proc.poll() is not None:
+            self._close_pipe()
+            return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             return self.kill()
+        self._close_pipe()
+        return code
 
     def kill(self) -> int | None:
         """SIGKILL at once (a crash, for failover tests)."""
@@ -111,7 +118,16 @@ class ManagedProcess:
             return None
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.wait(10)
+        code = self.proc.wait(10)
+        self._close_pipe()
+        return code
+
+    def _close_pipe(self) -> None:
+        # Let the reader drain to EOF, then close, so no file object is left for the GC.
+        if self._pump_thread is not None:
+            self._pump_thread.join(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def pause(self) -> None:
         """SIGSTOP (a stalled process, for fencing tests)."""
