@@ -177,10 +177,12 @@ async def _run_stream(
     if single:
         only = first[0]
         if isinstance(only, ProxyError):
-            raise only  # before the stream starts: a plain error envelope
-        if only.terminal and last_id is not None and last_id.strip() == str(only.version):
+            if only.status < 500:
+                raise only  # not found or refused: a plain error envelope, nothing to stream
+            # Upstream trouble is transient: open the stream, say so, and wait for data.
+        elif only.terminal and last_id is not None and last_id.strip() == str(only.version):
             return web.Response(status=204, headers={"X-Request-Id": request["request_id"]})
-        if last_id is not None and last_id.strip() == str(only.version):
+        elif last_id is not None and last_id.strip() == str(only.version):
             slots[0].sent_version = only.version
     else:
         known = parse_vector_id(last_id, len(slots))
@@ -214,7 +216,8 @@ async def _run_stream(
         for slot, snap in zip(slots, first, strict=True):
             if isinstance(snap, ProxyError):
                 pending += _error_event(slot.ref, snap)
-                slot.done = True
+                # 4xx is final for this resource; upstream 5xx may heal, so keep watching.
+                slot.done = snap.status < 500
             elif not slot.done:
                 pending += _render(slot, snap, slots, single)
         await _write(response, bytes(pending), settings.sse_write_timeout_s)
