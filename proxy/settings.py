@@ -81,6 +81,7 @@ class Settings:
     cold_wait_s: float = 15.0
     rate_per_min: int = 120
     budget_share: float = 0.9
+    upstream_etags: bool = True  # send If-None-Match where the upstream is ETag-aware (jobs)
 
     # Redis.
     redis_timeout_s: float = 2.0
@@ -93,7 +94,7 @@ class Settings:
     max_stream_ids: int = 100
 
     # Edge limits.
-    max_url_bytes: int = 4096
+    max_url_bytes: int = 8192  # 100 ids of ~40 characters fit
     max_header_bytes: int = 16384
 
     # Logs.
@@ -135,6 +136,15 @@ def _env_name(name: str) -> str:
 
 def _coerce(name: str, raw: Any, kind: Any, source: str) -> Any:
     where = f"{name} (from {source})"
+    if kind is bool or kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{where}: {raw!r} is not true/false")
     try:
         if kind is float or kind == "float":
             if isinstance(raw, bool):

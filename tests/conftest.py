@@ -31,10 +31,12 @@ class Sim:
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            self.url + path, data=data, method=method,
+            self.url + path,
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback test URL)
+        with urllib.request.urlopen(req, timeout=10) as resp:
             raw = resp.read()
             return json.loads(raw) if raw else None
 

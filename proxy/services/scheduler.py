@@ -82,6 +82,8 @@ class Scheduler:
         self._key_ok_recorded = False
         self.on_terminal: list[TerminalHook] = []
         self.census: Census | None = None
+        # Why a lease's last poll was held back by the gate ("budget", "cooldown"), for errors.
+        self.held_back: dict[str, tuple[str, int]] = {}
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -109,6 +111,7 @@ class Scheduler:
             self._schedule(key, self._clock.monotonic())
 
     def _drop(self, key: str) -> None:
+        self.held_back.pop(key, None)
         self._leases.pop(key, None)
         self._due.pop(key, None)
 
@@ -223,10 +226,17 @@ class Scheduler:
                 await self._release(lease)
                 return
             if claim.verdict != "ok":
+                self.held_back[key] = (claim.verdict, claim.ms)
                 self._schedule(key, started + claim.ms / 1000)
                 return
+            self.held_back.pop(key, None)
             lease.cold = False
-            send_etag = lease.ref.kind.send_if_none_match and snap is not None and snap.has_body
+            send_etag = (
+                self._settings.upstream_etags
+                and lease.ref.kind.send_if_none_match
+                and snap is not None
+                and snap.has_body
+            )
             async with self._sem:
                 result = await self._upstream.fetch(
                     lease.ref, if_none_match=snap.upstream_etag if send_etag and snap else ""

@@ -113,6 +113,13 @@ class Watching:
                 self._scheduler.adopt(ref, touched.fence)
             remaining = deadline - loop.time()
             if remaining <= 0:
+                reason, wait_ms = self._scheduler.held_back.get(key, ("", 0))
+                if reason in ("budget", "cooldown"):
+                    raise UpstreamRateLimited(
+                        "The shared Layers API budget is exhausted (too many resources watched "
+                        "at once); this resource is queued for its first fetch. Retry later.",
+                        headers={"Retry-After": str(max(1, math.ceil(wait_ms / 1000)))},
+                    )
                 raise UpstreamTimeout(
                     f"The Layers API did not answer for {ref.kind.id_field} {ref.id} within "
                     f"{self._settings.cold_wait_s:g}s."

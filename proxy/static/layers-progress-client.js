@@ -51,7 +51,8 @@ const KINDS = {
 
 /** An error from the proxy (its envelope's code and message) or from the network. */
 export class LayersProgressError extends Error {
-  constructor(message, { status = 0, code = "NETWORK", requestId = null, details = null, terminal } = {}) {
+  constructor(message, options = {}) {
+    const { status = 0, code = "NETWORK", requestId = null, details = null, terminal } = options;
     super(message);
     this.name = "LayersProgressError";
     this.status = status;
@@ -114,8 +115,11 @@ function watch(kind, id, options) {
 }
 
 function url(o, path, params = {}) {
-  const u = new URL(path, o.baseUrl);
-  for (const [name, value] of Object.entries(params)) if (value) u.searchParams.set(name, value);
+  // Keep a path prefix in baseUrl ("https://example.com/progress") when there is one.
+  const u = new URL(o.baseUrl.replace(/\/+$/, "") + path, location.href);
+  for (const [name, value] of Object.entries(params)) {
+    if (value?.length) u.searchParams.set(name, value); // arrays become "a,b,c"
+  }
   return u.toString();
 }
 
@@ -285,14 +289,18 @@ class SharedStream {
     if (this.close && keys.every((k) => this.connected.has(k))) return;
     this.disconnect();
     if (keys.length === 0) return;
-    const ids = (kind) => keys.filter((k) => k.startsWith(`${kind}:`)).map((k) => k.slice(kind.length + 1));
-    const href = url(this.o, "/v1/stream", {
-      containers: ids("progress").join(","),
-      jobs: ids("job").join(","),
-      access_token: this.o.token,
-    });
+    const params = { access_token: this.o.token };
+    for (const [kind, { param }] of Object.entries(KINDS)) {
+      const prefix = `${kind}:`;
+      params[param] = keys.filter((k) => k.startsWith(prefix)).map((k) => k.slice(prefix.length));
+    }
     this.connected = new Set(keys);
-    this.close = openEventSource(href, ["progress", "job", "error"], (name, data) => this.dispatch(name, data), () => this.giveUp());
+    this.close = openEventSource(
+      url(this.o, "/v1/stream", params),
+      ["progress", "job", "error"],
+      (name, data) => this.dispatch(name, data),
+      () => this.giveUp(),
+    );
   }
 
   dispatch(name, data) {

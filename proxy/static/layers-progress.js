@@ -53,6 +53,7 @@ const STYLE = `
   .track { height: .5em; margin: .4em 0; border-radius: 999px; background: var(--_track); overflow: hidden; }
   .fill { height: 100%; width: 0; border-radius: inherit; background: var(--_accent);
     transition: width .6s ease-out; }
+  .fill.jump { transition: none; }
   :host([data-state="running"]) .fill {
     background-image: linear-gradient(110deg, transparent 35%, rgb(255 255 255 / .35) 50%, transparent 65%);
     background-size: 200% 100%; animation: shimmer 1.6s linear infinite; }
@@ -133,9 +134,9 @@ export class LayersProgressElement extends HTMLElement {
     queueMicrotask(() => {
       this.#restartQueued = false;
       this.#stop();
+      this.#reset();
       const id = this.getAttribute("container-id");
       if (!this.isConnected || !id) return;
-      this.#showCaption();
       this.#watch = watchProgress(id, {
         token: this.getAttribute("token") || undefined,
         baseUrl: this.getAttribute("base-url") || location.origin,
@@ -153,6 +154,21 @@ export class LayersProgressElement extends HTMLElement {
     this.#setEta(null);
   }
 
+  #reset() {
+    this.snapshot = null;
+    delete this.dataset.state;
+    delete this.dataset.stage;
+    const ui = this.#ui;
+    ui.title.textContent = "Connecting…";
+    ui.pct.textContent = ui.detail.textContent = "";
+    ui.fill.style.width = "0%";
+    ui.bar.setAttribute("aria-busy", "true");
+    ui.bar.setAttribute("aria-valuenow", "0");
+    ui.bar.removeAttribute("aria-valuetext");
+    this.#showProblem(null);
+    this.#showCaption();
+  }
+
   #showCaption() {
     const label = this.getAttribute("label");
     this.#ui.caption.textContent = label ?? "";
@@ -166,13 +182,16 @@ export class LayersProgressElement extends HTMLElement {
     const stage = humanise(body.stage);
     const fraction = Math.min(1, Math.max(0, Number(body.stageProgress) || 0));
     const pct = state === "completed" ? 100 : Math.round(fraction * 100);
+    const started = body.stage && body.stage !== "queued";
     const [title, detail] = {
       queued: ["Queued", "Waiting to start"],
       running: [stage || "Working", "In progress"],
       completed: ["Completed", "Done"],
-      failed: ["Failed", stage ? `Stopped during ${stage}` : ""],
-      canceled: ["Canceled", stage ? `Canceled after ${stage}` : ""],
+      failed: ["Failed", started ? `Stopped during ${stage}` : "Stopped before starting"],
+      canceled: ["Canceled", started ? `Stopped after ${stage}` : "Stopped before starting"],
     }[state];
+    // Stage progress restarts at 0 with every stage: jump there instead of sliding backwards.
+    ui.fill.classList.toggle("jump", (body.stage ?? "") !== (this.dataset.stage ?? ""));
     this.dataset.state = state;
     this.dataset.stage = body.stage ?? "";
     if (ui.title.textContent !== title) ui.title.textContent = title; // a live region

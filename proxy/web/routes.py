@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.web import batch, handlers, ops, streams
+from proxy.web.static_routes import add_static_routes
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,3 +19,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{jobId}", handlers.get_job)
     app.router.add_get("/v1/jobs/{jobId}/stream", streams.stream_job)
     app.router.add_get("/v1/stream", streams.stream_many)
+    add_static_routes(app)  # /static/layers-progress.js, the browser client

@@ -32,8 +32,9 @@ from proxy.web.sse import (
 
 log = structlog.get_logger("proxy.streams")
 
-# Small buffers make a reader that stopped reading visible as a blocked write quickly.
-_SEND_BUFFER_BYTES = 64 * 1024
+# Small buffers make a reader that stopped reading visible as a blocked write quickly; events
+# are a few hundred bytes, so a reading client never comes near them.
+_SEND_BUFFER_BYTES = 16 * 1024
 
 
 @dataclass(eq=False)

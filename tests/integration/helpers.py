@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,13 @@ class Seen:
 
 
 async def poll_until_terminal(
-    session: aiohttp.ClientSession, url: str, *, every_s: float, deadline_s: float,
-    jitter_s: float = 0.0, seen: Seen | None = None,
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    every_s: float,
+    deadline_s: float,
+    jitter_s: float = 0.0,
+    seen: Seen | None = None,
 ) -> Seen:
     """Poll with If-None-Match until the body is terminal (or the deadline passes)."""
     seen = seen or Seen()
@@ -52,7 +58,7 @@ async def poll_until_terminal(
 
 def gaps(times: list[float]) -> list[float]:
     """Differences between consecutive times."""
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 async def wait_until(predicate: Any, timeout_s: float, step_s: float = 0.05) -> bool:

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration]
 async def test_hundreds_of_clients_on_three_replicas_make_one_poll_loop(
     sim: Sim, proxies: ProxyFactory
 ) -> None:
-    """150 clients × 2 containers on 3 replicas: cadence-spaced upstream requests, all see the end."""
+    """150 clients × 2 containers on 3 replicas: cadence-spaced upstream calls; all see the end."""
     replicas = [proxies() for _ in range(3)]
     containers = [
         sim.container([["generating_visuals", 6.0], ["finalizing", 3.0]]),

@@ -14,15 +14,15 @@ from tests.integration.helpers import gaps, wait_until
 pytestmark = [pytest.mark.integration]
 
 
-async def _keep_polling(session: aiohttp.ClientSession, url: str, stop: asyncio.Event,
-                        versions: list[tuple[str, str]]) -> None:
+async def _keep_polling(
+    session: aiohttp.ClientSession, url: str, stop: asyncio.Event, versions: list[tuple[str, str]]
+) -> None:
     while not stop.is_set():
         async with session.get(url) as resp:
             if resp.status == 200:
                 body = await resp.json()
                 versions.append((body["stage"], resp.headers["ETag"]))
         await asyncio.sleep(0.25)
-
 
 
 @pytest.mark.timeout(60)
@@ -112,6 +112,4 @@ async def test_a_stalled_old_holder_cannot_overwrite_newer_state(
     stages = [stage for stage, _ in seen]
     first_late = stages.index("generating_visuals")
     assert "queued_work" not in stages[first_late:], stages  # never backwards
-    assert await wait_until(lambda: "write_fenced_out" in a.all_output(), timeout_s=5), (
-        a.output()
-    )
+    assert await wait_until(lambda: "write_fenced_out" in a.all_output(), timeout_s=5), a.output()

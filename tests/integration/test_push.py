@@ -164,10 +164,44 @@ async def test_stream_survives_a_failing_first_fetch(sim: Sim, proxies: ProxyFac
     proxy = proxies()
     cid, _ = sim.container([["generating_visuals", 60.0]])
     sim.fault(kind="status", status=503, path_contains=cid, count=1)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{proxy.url}/v1/content/{cid}/progress/stream") as resp:
-            assert resp.status == 200
-            lines = await read_lines(resp, 4)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{proxy.url}/v1/content/{cid}/progress/stream") as resp,
+    ):
+        assert resp.status == 200
+        lines = await read_lines(resp, 4)
     assert "event: error" in lines
     assert "event: progress" in lines
     assert lines.index("event: error") < lines.index("event: progress")
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_that_stops_reading_is_dropped(sim: Sim, proxies: ProxyFactory) -> None:
+    """A stream whose reader stalls is closed after the write timeout; interest is released."""
+    proxy = proxies(PROXY_SSE_WRITE_TIMEOUT_S="2", LAYERS_RATE_PER_MIN="1000000",
+                    PROXY_ADMIN_TOKEN="admin-token-for-tests-0123456789")
+    cids = [sim.container([["generating_visuals", 120.0]])[0] for _ in range(100)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1024)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    path = "/v1/stream?containers=" + ",".join(cids)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    await reader.readline()  # the status line arrives; then we never read again
+
+    async def streams_open() -> int:
+        async with aiohttp.ClientSession() as session, session.get(
+            f"{proxy.url}/admin/stats",
+            headers={"Authorization": "Bearer admin-token-for-tests-0123456789"},
+        ) as resp:
+            return int((await resp.json())["streams_open"])
+
+    assert await streams_open() == 1
+    dropped = False
+    for _ in range(80):
+        await asyncio.sleep(0.5)
+        if await streams_open() == 0:
+            dropped = True
+            break
+    writer.close()
+    assert dropped, "the stalled stream was never dropped"

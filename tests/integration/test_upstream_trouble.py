@@ -15,12 +15,15 @@ pytestmark = [pytest.mark.integration]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("fault", [
-    {"kind": "status", "status": 503},
-    {"kind": "garbage"},
-    {"kind": "reset"},
-    {"kind": "hang"},
-])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "status", "status": 503},
+        {"kind": "garbage"},
+        {"kind": "reset"},
+        {"kind": "hang"},
+    ],
+)
 async def test_last_good_snapshot_is_served_stale_during_upstream_trouble(
     sim: Sim, proxies: ProxyFactory, fault: dict[str, object]
 ) -> None:
@@ -78,7 +81,7 @@ async def test_429_sets_one_cooldown_for_every_replica(sim: Sim, proxies: ProxyF
     assert len(limited) == 1
     after = sorted(r["t_mono"] for r in log if r["t_mono"] > limited[0])
     assert after, "polling resumed after the cooldown"
-    assert after[0] - limited[0] >= 3.9, (after[0] - limited[0])
+    assert after[0] - limited[0] >= 3.9, after[0] - limited[0]
 
 
 @pytest.mark.timeout(40)

@@ -80,8 +80,9 @@ def test_shared_resource_is_paid_once() -> None:
     st.floats(min_value=0.05, max_value=20),
     st.dictionaries(st.sampled_from("abcd"), st.floats(min_value=0.1, max_value=5)),
 )
-def test_allocation_invariants(rows: list[tuple[str, int, float]], budget: float,
-                               weights: dict[str, float]) -> None:
+def test_allocation_invariants(
+    rows: list[tuple[str, int, float]], budget: float, weights: dict[str, float]
+) -> None:
     """Never over budget, never faster than cadence, and full use when demand exceeds it."""
     demands = [Demand(t, f"k{k}", i) for t, k, i in rows]
     alloc = allocate(demands, weights, budget)
@@ -89,9 +90,7 @@ def test_allocation_invariants(rows: list[tuple[str, int, float]], budget: float
     cadence_rate = {d.key: 1 / d.interval_s for d in demands}
     for key, interval in alloc.intervals_s.items():
         assert interval >= min(d.interval_s for d in demands if d.key == key) - 1e-9
-    demand_total = sum(
-        1 / min(d.interval_s for d in demands if d.key == k) for k in cadence_rate
-    )
+    demand_total = sum(1 / min(d.interval_s for d in demands if d.key == k) for k in cadence_rate)
     assert total <= budget + 1e-6
     if demand_total > budget:
         assert total >= budget * 0.999  # work-conserving

@@ -32,7 +32,10 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
 
 def make_store(redis: Redis, owner: str, **kw: object) -> RedisStore:
     params: dict[str, object] = {
-        "lease_ttl_ms": 2000, "linger_ms": 5000, "snapshot_ttl_ms": 60_000, **kw
+        "lease_ttl_ms": 2000,
+        "linger_ms": 5000,
+        "snapshot_ttl_ms": 60_000,
+        **kw,
     }
     return RedisStore(redis, owner=owner, **params)  # type: ignore[arg-type]
 
@@ -44,8 +47,14 @@ async def take(store: RedisStore, key: str = K, reval: int = -1) -> int:
 
 async def write(store: RedisStore, fence: int, body: bytes, **kw: object):  # type: ignore[no-untyped-def]
     params: dict[str, object] = {
-        "body": body, "etag": body.decode(), "status_code": 200, "status": "processing",
-        "stage": "s1", "terminal": False, "upstream_etag": "", **kw,
+        "body": body,
+        "etag": body.decode(),
+        "status_code": 200,
+        "status": "processing",
+        "stage": "s1",
+        "terminal": False,
+        "upstream_etag": "",
+        **kw,
     }
     return await store.write_data(K, store.token(fence), fence, **params)  # type: ignore[arg-type]
 
@@ -146,9 +155,15 @@ async def test_errors_keep_the_last_good_body(redis: Redis) -> None:
     a = make_store(redis, "a")
     fence = await take(a)
     await write(a, fence, b"good")
-    snap, _ = await a.write_error(K, a.token(fence), fence, error="upstream 503",
-                                  error_status=502, error_code="UPSTREAM_UNAVAILABLE",
-                                  error_only_ttl_ms=2000)
+    snap, _ = await a.write_error(
+        K,
+        a.token(fence),
+        fence,
+        error="upstream 503",
+        error_status=502,
+        error_code="UPSTREAM_UNAVAILABLE",
+        error_only_ttl_ms=2000,
+    )
     assert snap is not None and snap.body == b"good" and snap.error == "upstream 503"
     healed, _ = await write(a, fence, b"good")
     assert healed is not None and healed.error == "" and healed.version == 1
@@ -158,8 +173,15 @@ async def test_error_only_record_expires_quickly(redis: Redis) -> None:
     """With nothing cached, a failure is remembered only briefly (the next request retries)."""
     a = make_store(redis, "a")
     fence = await take(a)
-    snap, _ = await a.write_error(K, a.token(fence), fence, error="timeout", error_status=504,
-                                  error_code="UPSTREAM_TIMEOUT", error_only_ttl_ms=2000)
+    snap, _ = await a.write_error(
+        K,
+        a.token(fence),
+        fence,
+        error="timeout",
+        error_status=504,
+        error_code="UPSTREAM_TIMEOUT",
+        error_only_ttl_ms=2000,
+    )
     assert snap is not None and not snap.has_body
     assert 0 < await redis.pttl(keys.snapshot(K)) <= 2000
 
@@ -180,7 +202,8 @@ async def test_negative_entries_expire(redis: Redis) -> None:
     """A cached 404 lives for the negative TTL only."""
     a = make_store(redis, "a")
     fence = await take(a)
-    snap, _ = await write(a, fence, b"nf", status_code=404, status="", terminal=True,
-                          negative_ttl_ms=1500)
+    snap, _ = await write(
+        a, fence, b"nf", status_code=404, status="", terminal=True, negative_ttl_ms=1500
+    )
     assert snap is not None and snap.expires_ms > snap.fetched_ms
     assert 0 < await redis.pttl(keys.snapshot(K)) <= 1500
