@@ -4,11 +4,14 @@
     ├── InvalidRequest              400/414/422 VALIDATION: bad id or request, no upstream call
     ├── Unauthenticated             401 UNAUTHENTICATED: missing or invalid capability token
     ├── NotFound                    404 NOT_FOUND: unknown resource, or not the caller's
+    ├── Conflict                    409 CONFLICT: a replayed webhook event
+    ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE: an oversized webhook body
     ├── TooManyRequests             429 RATE_LIMITED: the caller is over a limit of its own
     ├── UpstreamAuthError           502 UPSTREAM_AUTH: Layers rejected the proxy's key (operator)
     ├── UpstreamUnavailable         502 UPSTREAM_UNAVAILABLE: Layers failed and nothing is cached
     ├── UpstreamTimeout             504 UPSTREAM_TIMEOUT: Layers did not answer in time
-    └── UpstreamRateLimited         503 UPSTREAM_RATE_LIMITED: the shared key is cooling down
+    ├── UpstreamRateLimited         503 UPSTREAM_RATE_LIMITED: the shared key is cooling down
+    └── Unavailable                 503 UNAVAILABLE: retry later (e.g. Redis unreachable)
 
 ``envelope()`` builds the body every error uses, the shape of the Layers error envelope.
 """
@@ -85,6 +88,21 @@ class Unauthenticated(ProxyError):
 class NotFound(ProxyError):
     status = 404
     code = "NOT_FOUND"
+
+
+class Conflict(ProxyError):
+    status = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class Unavailable(ProxyError):
+    status = 503
+    code = "UNAVAILABLE"
 
 
 class TooManyRequests(ProxyError):

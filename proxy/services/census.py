@@ -17,7 +17,7 @@ from proxy.clock import Clock
 from proxy.fair_share import Allocation, Demand, allocate
 from proxy.settings import Settings
 from proxy.store import keys
-from proxy.store.redis_store import RedisStore
+from proxy.store.redis_store import BudgetPolicy, RedisStore
 
 log = structlog.get_logger("proxy.census")
 
@@ -40,6 +40,29 @@ class Census:
     def interval_for(self, key: str) -> float | None:
         """The fair interval of ``key`` (None when the census does not know it yet)."""
         return self.allocation.intervals_s.get(key)
+
+    def payer(self, key: str, hint: str) -> str:
+        """Who pays for polling ``key``: its best-funded watcher, else ``hint``."""
+        tenants = self.allocation.tenants_of.get(key)
+        if not tenants:
+            return hint
+        rates = self.allocation.tenant_rate
+        return max(tenants, key=lambda t: (rates.get(t, 0.0), t))
+
+    def tenant_budget(self, tenant: str) -> BudgetPolicy:
+        """A GCRA at the tenant's fair rate (its weight's share until the census knows it).
+
+        In open mode (no tenants configured) there is no per-tenant bucket: the shared one is all.
+        """
+        if not self._weights:
+            return BudgetPolicy()
+        rate = self.allocation.tenant_rate.get(tenant)
+        if not rate:
+            total = sum(self._weights.values())
+            rate = self._budget_per_s * self._weights.get(tenant, 1.0) / total
+        interval_ms = int(1000 / max(rate, 1e-6)) + 1
+        # One spare slot absorbs scheduling jitter without letting a tenant burst ahead.
+        return BudgetPolicy(interval_ms=interval_ms, burst_ms=interval_ms)
 
     def tenants_of(self, key: str) -> tuple[str, ...]:
         """The tenants watching ``key`` (who pays for its polls)."""

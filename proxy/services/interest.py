@@ -116,7 +116,7 @@ class InterestTracker:
             stale: list[str] = []
             for r in results:
                 if r.fence:
-                    self._scheduler.adopt(batch[r.key], r.fence)
+                    self._scheduler.adopt(batch[r.key], r.fence, min(who.get(r.key, {"-"})))
                 cached = self._cache.get(r.key)
                 if r.version and (
                     cached is None

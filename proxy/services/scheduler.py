@@ -28,7 +28,7 @@ from proxy.services.census import Census
 from proxy.services.stats import Stats
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot, etag_for
-from proxy.store.redis_store import RedisStore
+from proxy.store.redis_store import BudgetPolicy, RedisStore
 from proxy.upstream.client import Outcome, UpstreamClient, UpstreamResult
 
 log = structlog.get_logger("proxy.scheduler")
@@ -45,6 +45,7 @@ class _Lease:
     failures: int = 0
     cold: bool = True  # the first poll after taking the lease only needs the floor
     in_flight: bool = False
+    tenant: str = "-"  # who asked for it first (pays for the cold fetch)
 
 
 # Called after a failed container is written, to fetch its lastError (jobs and webhooks hook in).
@@ -95,12 +96,12 @@ class Scheduler:
         """Keys whose lease this replica holds."""
         return list(self._leases)
 
-    def adopt(self, ref: ResourceRef, fence: int) -> None:
+    def adopt(self, ref: ResourceRef, fence: int, tenant: str = "-") -> None:
         """Start polling ``ref`` under a freshly acquired lease (``fence``), as soon as allowed."""
         current = self._leases.get(ref.key)
         if current is not None and current.fence >= fence:
             return
-        self._leases[ref.key] = _Lease(ref, fence, self._store.token(fence))
+        self._leases[ref.key] = _Lease(ref, fence, self._store.token(fence), tenant=tenant)
         self._schedule(ref.key, self._clock.monotonic())
 
     def poke(self, key: str) -> None:
@@ -212,11 +213,14 @@ class Scheduler:
         try:
             snap = self._cache.get(key) or await self._store.read(key)
             gap_s = self._rules.floor_s if lease.cold else self._interval_s(snap)
+            payer = self.census.payer(key, lease.tenant) if self.census else lease.tenant
             claim = await self._store.claim(
                 key,
                 lease.token,
                 gap_ms=int(gap_s * 1000) - _GAP_TOLERANCE_MS,
                 require_watch=True,
+                tenant=payer,
+                tenant_budget=self.census.tenant_budget(payer) if self.census else BudgetPolicy(),
             )
             if claim.verdict == "lost":
                 self._drop(key)

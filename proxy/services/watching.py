@@ -76,7 +76,7 @@ class Watching:
             return shared, COLLAPSED
         # A task of its own: a client that leaves (cancelling its handler) must not cancel the
         # fetch that other requests are waiting on.
-        task = asyncio.create_task(self._fetch_cold(ref))
+        task = asyncio.create_task(self._fetch_cold(ref, tenant))
         self._inflight[ref.key] = task
         task.add_done_callback(functools.partial(self._cold_done, ref.key))
         return await asyncio.shield(task)
@@ -86,7 +86,7 @@ class Watching:
         if not task.cancelled():
             task.exception()  # retrieved here, so an unawaited failure is not reported twice
 
-    async def _fetch_cold(self, ref: ResourceRef) -> tuple[Snapshot, str]:
+    async def _fetch_cold(self, ref: ResourceRef, tenant: str) -> tuple[Snapshot, str]:
         key = ref.key
         stored = await self._store.read(key)
         if stored is not None and not (stored.expires_ms and stored.expires_ms <= self.now_ms()):
@@ -110,7 +110,7 @@ class Watching:
             )
             if touched.fence:
                 how = MISS  # this replica makes the upstream request
-                self._scheduler.adopt(ref, touched.fence)
+                self._scheduler.adopt(ref, touched.fence, tenant)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 reason, wait_ms = self._scheduler.held_back.get(key, ("", 0))

@@ -20,6 +20,9 @@ COOLDOWN = PREFIX + "cooldown"
 # GCRA "theoretical arrival time" of the shared upstream budget; TTL = how far ahead it runs.
 BUDGET = PREFIX + "budget"
 
+# Per-tenant GCRA of the upstream budget at the tenant's fair rate; TTL = how far ahead it runs.
+TENANT_BUDGET_PREFIX = PREFIX + "budget:tenant:"
+
 # Whether the upstream accepts the key ("ok" or "rejected ..."); TTL 5 min so a fixed key clears.
 KEY_STATE = PREFIX + "keystate"
 KEY_STATE_TTL_MS = 300_000

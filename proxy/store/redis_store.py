@@ -154,8 +154,20 @@ class RedisStore:
             await self._release(keys=[keys.lease(key)], args=[token], client=pipe)
         await pipe.execute()
 
-    async def claim(self, key: str, token: str, *, gap_ms: int, require_watch: bool) -> Claim:
-        """Ask the gate whether this replica may call upstream for ``key`` now."""
+    async def claim(
+        self,
+        key: str,
+        token: str,
+        *,
+        gap_ms: int,
+        require_watch: bool,
+        tenant: str = "-",
+        tenant_budget: BudgetPolicy = BudgetPolicy(),
+    ) -> Claim:
+        """Ask the gate whether this replica may call upstream for ``key`` now.
+
+        ``tenant`` pays: its own bucket (at its fair rate) and the shared one must both allow it.
+        """
         verdict, ms = await self._claim(
             keys=[
                 keys.lease(key),
@@ -163,6 +175,7 @@ class RedisStore:
                 keys.watch(key),
                 keys.COOLDOWN,
                 keys.BUDGET,
+                keys.TENANT_BUDGET_PREFIX + tenant,
             ],
             args=[
                 token,
@@ -170,6 +183,8 @@ class RedisStore:
                 1 if require_watch else 0,
                 self.budget.interval_ms,
                 self.budget.burst_ms,
+                tenant_budget.interval_ms,
+                tenant_budget.burst_ms,
             ],
         )
         return Claim(_text(verdict), int(ms))

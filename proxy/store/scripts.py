@@ -69,8 +69,10 @@ end
 return 0
 """
 
-# The gate before every upstream request. KEYS: lease, last, watch, cooldown, budget.
-# ARGV: token, gap_ms, require_watch (0/1), budget_interval_ms (0 = no budget), budget_burst_ms.
+# The gate before every upstream request. KEYS: lease, last, watch, cooldown, budget, tenant budget.
+# ARGV: token, gap_ms, require_watch (0/1), budget_interval_ms (0 = no budget), budget_burst_ms,
+#       tenant_interval_ms (0 = no tenant budget), tenant_burst_ms.
+# Both budgets are checked before either is spent, so a refusal costs nothing.
 # Returns {verdict, ms}: ok (ms = now), lost, idle, cooldown|wait|budget (ms = how long to wait).
 CLAIM = (
     _NOW
@@ -83,12 +85,22 @@ local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 local gap = tonumber(ARGV[2])
 if now - last < gap then return {'wait', gap - (now - last)} end
 local interval = tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
+if tat < now then tat = now end
+if interval > 0 and tat - now > tonumber(ARGV[5]) then
+  return {'budget', tat - now - tonumber(ARGV[5])}
+end
+local t_interval = tonumber(ARGV[6])
+local t_tat = tonumber(redis.call('GET', KEYS[6]) or '0')
+if t_tat < now then t_tat = now end
+if t_interval > 0 and t_tat - now > tonumber(ARGV[7]) then
+  return {'budget', t_tat - now - tonumber(ARGV[7])}
+end
 if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if tat < now then tat = now end
-  local burst = tonumber(ARGV[5])
-  if tat - now > burst then return {'budget', tat - now - burst} end
   redis.call('SET', KEYS[5], tat + interval, 'PX', tat + interval - now + 1000)
+end
+if t_interval > 0 then
+  redis.call('SET', KEYS[6], t_tat + t_interval, 'PX', t_tat + t_interval - now + 1000)
 end
 -- The last-poll time is only needed for one gap (seconds); an hour is plenty.
 redis.call('SET', KEYS[2], now, 'PX', 3600000)

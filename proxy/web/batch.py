@@ -86,7 +86,7 @@ async def get_progress_batch(request: web.Request) -> web.StreamResponse:
     headers = {
         "ETag": etag,
         "Cache-Control": "no-cache",
-        "X-Request-Id": request["request_id"],
+        "X-Request-Id": request[keys.REQUEST_ID],
     }
     if etag_matches(request.headers.get("If-None-Match"), etag):
         stats.not_modified += 1

@@ -39,7 +39,7 @@ async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.S
     stats.tenant_requests[caller.tenant_id] += 1
     snap, how = await watching.snapshot(ref, caller.tenant_id)
     snap = servable(snap, ref)
-    rid = request["request_id"]
+    rid = request[keys.REQUEST_ID]
     if etag_matches(request.headers.get("If-None-Match"), snap.etag):
         wait_s = prefer_wait_s(request.headers.get("Prefer"), max_s=settings.long_poll_max_s)
         extra = None

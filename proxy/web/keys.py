@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from proxy.store.redis_store import RedisStore
     from proxy.web.access import Access
 
+REQUEST_ID = web.RequestKey("request_id", str)
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
 STATS = web.AppKey("stats", Stats)

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Middleware
 
 from proxy.errors import ProxyError
 from proxy.settings import Settings
+from proxy.web import keys
 from proxy.web.request_ids import next_request_id
 from proxy.web.responses import error_response, proxy_error_response
 
@@ -34,7 +35,7 @@ def make_edge_middleware(settings: Settings) -> Middleware:
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = next_request_id()
-        request["request_id"] = rid
+        request[keys.REQUEST_ID] = rid
         started = time.perf_counter()
         response: web.StreamResponse
         if len(request.raw_path) > max_url:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from proxy.web import batch, handlers, ops, streams
 from proxy.web.static_routes import add_static_routes
+from proxy.webhooks import add_webhook_routes
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,3 +21,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/jobs/{jobId}/stream", streams.stream_job)
     app.router.add_get("/v1/stream", streams.stream_many)
     add_static_routes(app)  # /static/layers-progress.js, the browser client
+    add_webhook_routes(app)  # POST /v1/webhooks/layers

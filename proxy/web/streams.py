@@ -182,7 +182,7 @@ async def _run_stream(
                 raise only  # not found or refused: a plain error envelope, nothing to stream
             # Upstream trouble is transient: open the stream, say so, and wait for data.
         elif only.terminal and last_id is not None and last_id.strip() == str(only.version):
-            return web.Response(status=204, headers={"X-Request-Id": request["request_id"]})
+            return web.Response(status=204, headers={"X-Request-Id": request[keys.REQUEST_ID]})
         elif last_id is not None and last_id.strip() == str(only.version):
             slots[0].sent_version = only.version
     else:
@@ -193,7 +193,7 @@ async def _run_stream(
                     slot.sent_version = version
                     slot.done = snap.terminal
             if all(slot.done for slot in slots):
-                return web.Response(status=204, headers={"X-Request-Id": request["request_id"]})
+                return web.Response(status=204, headers={"X-Request-Id": request[keys.REQUEST_ID]})
 
     response = web.StreamResponse(
         status=200,
@@ -201,7 +201,7 @@ async def _run_stream(
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            "X-Request-Id": request["request_id"],
+            "X-Request-Id": request[keys.REQUEST_ID],
         },
     )
     await response.prepare(request)
