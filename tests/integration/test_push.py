@@ -178,8 +178,11 @@ async def test_stream_survives_a_failing_first_fetch(sim: Sim, proxies: ProxyFac
 @pytest.mark.timeout(60)
 async def test_a_client_that_stops_reading_is_dropped(sim: Sim, proxies: ProxyFactory) -> None:
     """A stream whose reader stalls is closed after the write timeout; interest is released."""
-    proxy = proxies(PROXY_SSE_WRITE_TIMEOUT_S="2", LAYERS_RATE_PER_MIN="1000000",
-                    PROXY_ADMIN_TOKEN="admin-token-for-tests-0123456789")
+    proxy = proxies(
+        PROXY_SSE_WRITE_TIMEOUT_S="2",
+        LAYERS_RATE_PER_MIN="1000000",
+        PROXY_ADMIN_TOKEN="admin-token-for-tests-0123456789",
+    )
     cids = [sim.container([["generating_visuals", 120.0]])[0] for _ in range(100)]
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port, limit=1024)
     sock = writer.get_extra_info("socket")
@@ -190,10 +193,13 @@ async def test_a_client_that_stops_reading_is_dropped(sim: Sim, proxies: ProxyFa
     await reader.readline()  # the status line arrives; then we never read again
 
     async def streams_open() -> int:
-        async with aiohttp.ClientSession() as session, session.get(
-            f"{proxy.url}/admin/stats",
-            headers={"Authorization": "Bearer admin-token-for-tests-0123456789"},
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{proxy.url}/admin/stats",
+                headers={"Authorization": "Bearer admin-token-for-tests-0123456789"},
+            ) as resp,
+        ):
             return int((await resp.json())["streams_open"])
 
     assert await streams_open() == 1
