@@ -81,6 +81,9 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = await _enveloped(request, handler, request_id)
         _stamp(response, request_id, ctx.budget or state.peek_budget(key))
         status = response.status if ctx.answered else None
+        body = getattr(response, "body", None)
+        if status is not None:
+            record.bytes = len(body) if isinstance(body, bytes) else 0
         return response
     finally:
         state.log.finish(record, status)

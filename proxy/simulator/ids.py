@@ -7,14 +7,13 @@ import random
 import re
 import uuid
 
+# The id grammar is the API's contract: the simulator accepts exactly what the proxy validates.
+from proxy.ids import canonical_container_id, canonical_job_id
+
+__all__ = ["canonical_container_id", "canonical_job_id", "key_id_of", "new_uuid", "ulid"]
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-# Crockford base32 without I, L, O, U; the first character is at most 7 (48-bit timestamp).
-_ULID = r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
-_CONTAINER_RE = re.compile(rf"(?:cnt_)?(?P<uuid>{_UUID})|cnt_(?P<ulid>{_ULID})")
-_JOB_RE = re.compile(rf"job_(?P<ulid>{_ULID})")
 _KEY_RE = re.compile(r"lp_(?:live|test)_(?P<key_id>[A-Za-z0-9]{16})_[A-Za-z0-9_-]+")
-MAX_ID_LENGTH = 64
 
 
 def ulid(rng: random.Random, wall_s: float) -> str:
@@ -30,26 +29,6 @@ def ulid(rng: random.Random, wall_s: float) -> str:
 def new_uuid(rng: random.Random) -> str:
     """Return a version-4 UUID string drawn from ``rng`` (seedable, unlike uuid4)."""
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
-
-
-def canonical_container_id(raw: str) -> str | None:
-    """Return ``cnt_<uuid>`` / ``cnt_<ULID>`` for an accepted container id, else None."""
-    if len(raw) > MAX_ID_LENGTH:
-        return None
-    match = _CONTAINER_RE.fullmatch(raw)
-    if match is None:
-        return None
-    if match["uuid"] is not None:
-        return "cnt_" + match["uuid"].lower()
-    return "cnt_" + match["ulid"].upper()
-
-
-def canonical_job_id(raw: str) -> str | None:
-    """Return ``job_<ULID>`` for an accepted job id, else None."""
-    if len(raw) > MAX_ID_LENGTH:
-        return None
-    match = _JOB_RE.fullmatch(raw)
-    return None if match is None else "job_" + match["ulid"].upper()
 
 
 def key_id_of(key: str) -> str:

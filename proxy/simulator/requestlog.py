@@ -25,6 +25,7 @@ class RequestRecord:
     org: str | None = None
     if_none_match: str | None = None
     fault: str | None = None
+    bytes: int | None = None  # response body size (None when no response was sent)
 
     def to_json(self) -> dict[str, Any]:
         """Return the record as control-API JSON."""
