@@ -209,6 +209,7 @@ def _proxy_runner(sim_url: str, redis_url: str, port: int, batch: Batch) -> web.
         access_log=None,
         handle_signals=False,
         shutdown_timeout=2.0,
+        handler_cancellation=True,  # as in serve: a tab that leaves releases its stream at once
         # Request-handler options go straight to AppRunner (given as ``handler_args=`` here,
         # aiohttp would drop every handler option, access_log=None included, per connection).
         max_line_size=PARSER_MAX_LINE,

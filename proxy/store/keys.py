@@ -35,9 +35,6 @@ WATCHED = PREFIX + "census"
 WEBHOOK_SEEN_PREFIX = PREFIX + "webhook:seen:"
 WEBHOOK_SEEN_TTL_MS = 86_400_000
 
-# Per-tenant client rate (GCRA) and open-stream counters.
-TENANT_RATE_PREFIX = PREFIX + "tenant-rate:"
-TENANT_STREAMS_PREFIX = PREFIX + "tenant-streams:"
 
 # Last upstream request start time per resource (Redis clock, ms); TTL 1 h, far beyond any gap.
 LAST_POLL_TTL_MS = 3_600_000
@@ -71,3 +68,22 @@ def last_poll(resource_key: str) -> str:
 def watch(resource_key: str) -> str:
     """Present while somebody watches; TTL = the linger after the last request or stream refresh."""
     return f"{PREFIX}{{{resource_key}}}:watch"
+
+
+def tenant_rate_log(tenant: str) -> str:
+    """Permits granted to a tenant's clients in the last window (sorted set, score = Redis ms).
+
+    ``<this>:sum`` holds the running total; both share the ``{tenant}`` slot and live one
+    window past the last grant.
+    """
+    return f"{PREFIX}tenant-rate:{{{tenant}}}"
+
+
+def tenant_streams(tenant: str) -> str:
+    """A tenant's open stream slots (sorted set, score = expiry, refreshed by the holder)."""
+    return f"{PREFIX}tenant-streams:{tenant}"
+
+
+def tenant_watched(tenant: str) -> str:
+    """Resources a tenant watches (sorted set, score = expiry); TTL = the latest expiry."""
+    return f"{PREFIX}tenant-watched:{tenant}"

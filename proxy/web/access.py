@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -51,14 +54,22 @@ def bearer_token(request: web.Request) -> str:
     return request.query.get("access_token", "")
 
 
+# Verified tokens kept so a browser's repeat polls skip the HMAC and JSON work (the hot path).
+_VERIFIED_CACHE_SIZE = 10_000
+
+
 class Access:
     """Turns a request into a caller and a permitted resource, or a clear 4xx."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, wall_clock: Callable[[], float] = time.time) -> None:
         self.open = settings.auth_mode == "none"
         self._tenants = {t.id: t for t in settings.tenants}
         self._audience = settings.token_audience
         self._open_caller = Caller()
+        self._wall = wall_clock
+        # Keyed by the exact token string, so only a byte-identical token can hit; expiry is
+        # re-checked on every hit. Failures are never cached.
+        self._verified: OrderedDict[str, Caller] = OrderedDict()
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         """A configured tenant by id."""
@@ -74,12 +85,21 @@ class Access:
                 "A capability token is required: send 'Authorization: Bearer <token>' "
                 "(or ?access_token=<token> for EventSource)."
             )
+        cached = self._verified.get(token)
+        if cached is not None and cached.grant is not None:
+            if cached.grant.expires_at > self._wall():
+                return cached
+            del self._verified[token]
         try:
             grant = verify_token(token, self._tenants, audience=self._audience)
         except TokenError:
             # One message for every reason, so a prober learns nothing about secrets or tenants.
             raise Unauthenticated("The capability token is invalid or expired.") from None
-        return Caller(grant)
+        caller = Caller(grant)
+        self._verified[token] = caller
+        if len(self._verified) > _VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)  # oldest first: a bounded cache, not an LRU scan
+        return caller
 
     def resource(self, caller: Caller, kind: ResourceKind, raw_id: str) -> ResourceRef:
         """The canonical resource for ``raw_id``; 400 when malformed, 404 when not the caller's."""

@@ -31,6 +31,7 @@ from proxy.store.redis_store import BudgetPolicy, RedisStore
 from proxy.upstream.client import AiohttpTransport, Transport, UpstreamClient
 from proxy.web import keys
 from proxy.web.access import Access
+from proxy.web.cors import setup_cors
 from proxy.web.middlewares import make_edge_middleware
 from proxy.web.routes import setup_routes
 
@@ -50,14 +51,15 @@ def create_app(
 ) -> web.Application:
     """The proxy application. ``transport`` and ``redis_clients`` are seams for tests."""
     app = web.Application(middlewares=[make_edge_middleware(settings)], client_max_size=256 * 1024)
+    setup_cors(app, settings)  # CORS middleware + prepare hook (streams), token mode only
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.STATS] = Stats()
     app[keys.ACCESS] = Access(settings)
     scrubber().add(settings.layers_api_key.reveal())
-    for secret in (settings.admin_token, settings.webhook_secret):
-        if secret:
-            scrubber().add(secret.reveal())
+    scrubber().add(settings.admin_token.reveal())
+    for part in settings.webhook_secret.reveal().split(","):  # several during a rotation
+        scrubber().add(part.strip())
 
     async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         clients = redis_clients or make_clients(
@@ -146,6 +148,7 @@ def create_app(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await app[keys.LIMITS].aclose()
         await scheduler.shutdown()
         log.info("proxy_stopped", replica=settings.replica_id)
 

@@ -146,7 +146,7 @@ async def _stream(
     await limits.admit(caller)
     for ref in refs:
         limits.watch(caller, ref)
-    async with limits.stream(caller):
+    async with limits.stream(caller, refs):
         return await _run_stream(request, refs, single=single, caller_tenant=caller.tenant_id)
 
 

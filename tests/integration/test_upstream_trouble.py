@@ -131,7 +131,7 @@ async def test_bad_input_is_a_4xx_and_costs_nothing(sim: Sim, proxies: ProxyFact
                 assert (await resp.json())["error"]["code"] == "VALIDATION"
         async with session.get(f"{proxy.url}/v1/jobs/cnt_nope") as resp:
             assert resp.status == 400
-        async with session.get(f"{proxy.url}/v1/content/{'a' * 6000}/progress") as resp:
+        async with session.get(f"{proxy.url}/v1/content/{'a' * 9000}/progress") as resp:
             assert resp.status == 414
             assert (await resp.json())["error"]["code"] == "VALIDATION"
         async with session.get(f"{proxy.url}/healthz", headers={"X-Big": "v" * 20000}) as resp:
