@@ -123,8 +123,10 @@ def _scenario(
         for i, cid in enumerate(cids):
             urls.append((f"{proxies[i % len(proxies)].url}/v1/content/{cid}/progress", token))
     budget_per_min = p.rate_per_min * 0.9
-    # Long enough for every container to be fetched once (cold fetches queue behind the budget).
-    warmup = p.warmup_s or max(20.0, n / (budget_per_min / 60) * 1.1)
+    # Long enough for every container to be fetched once (cold fetches queue behind the budget)
+    # and for the proxy to see each stage last over 30 s, so demand is at the 5 s cadence the
+    # fair share below assumes (when every tenant is saturated, the cadence does not matter).
+    warmup = p.warmup_s or max(40.0, n / (budget_per_min / 60) * 1.1)
     start = time.monotonic()
     window_start = start + warmup
     until = window_start + p.window_s

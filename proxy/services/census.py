@@ -116,11 +116,16 @@ class Census:
             }
         return view
 
-    async def run(self, period_s: float = 2.0) -> None:
-        """Recompute every ``period_s`` (cancel to stop)."""
+    async def run(self, period_s: float = 2.0, log_every: int = 15) -> None:
+        """Recompute every ``period_s``; log each tenant's share every ``log_every`` rounds."""
+        rounds = 0
         while True:
             try:
                 await self.refresh()
             except RedisError as exc:
                 log.warning("census_refresh_failed", error=type(exc).__name__)
+            rounds += 1
+            if rounds % log_every == 0 and self._weights:
+                for tenant, view in self.tenant_view().items():
+                    log.info("fair_share", tenant=tenant, **view)
             await asyncio.sleep(period_s)
