@@ -146,13 +146,16 @@ def _scenario(
     fair = allocate(demands, weights, budget_per_min / 60 * 0.95)
     fair_total = sum(fair.tenant_rate.values())
     longest = 0.0
+    longest_by_tenant = dict.fromkeys(containers, 0.0)
     for cid in owner:
         times = sorted(r["t_mono"] for r in log if r["resource_id"] == cid)
         points = [window_start, *[t for t in times if window_start < t < until], until]
         before = [t for t in times if t <= window_start]
         if before:
             points[0] = before[-1]
-        longest = max(longest, max(b - a for a, b in itertools.pairwise(points)))
+        wait = max(b - a for a, b in itertools.pairwise(points))
+        longest = max(longest, wait)
+        longest_by_tenant[owner[cid]] = max(longest_by_tenant[owner[cid]], wait)
     calls_per_min = len(window) / (p.window_s / 60)
     demand_per_min = sum(60 / 5.0 for _ in owner)
     return {
@@ -165,6 +168,7 @@ def _scenario(
         "share": {t: per_tenant[t] / max(1, len(window)) for t in containers},
         "fair_share": {t: fair.tenant_rate.get(t, 0) / fair_total for t in containers},
         "longest_wait_s": longest,
+        "longest_wait_by_tenant_s": longest_by_tenant,
         "fair_interval_s": {t: round(counts[t] / fair.tenant_rate[t], 1) for t in containers},
         "max_calls_in_any_60s": _max_in_window([r["t_mono"] for r in log], 60.0),
     }
@@ -314,9 +318,9 @@ def build_report(p: Params, scenarios: list[dict[str, Any]], cost: dict[str, Any
         )
         report.add(f"{n} containers: tenant shares", shares, "within ±10% of fair", worst <= 0.10)
         report.add(
-            f"{n} containers: longest unpolled interval",
-            f"{s['longest_wait_s']:.1f} s",
-            "≤ fair interval " + ", ".join(f"{t} {v:g} s" for t, v in s["fair_interval_s"].items()),
+            f"{n} containers: longest unpolled interval per tenant",
+            ", ".join(f"{t} {v:.1f} s" for t, v in s["longest_wait_by_tenant_s"].items()),
+            "fair interval: " + ", ".join(f"{t} {v:g} s" for t, v in s["fair_interval_s"].items()),
         )
     report.add(
         "cached polls with tokens / open mode",

@@ -9,6 +9,7 @@ whichever replica holds its lease.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ log = structlog.get_logger("proxy.census")
 
 # Leave a little of the budget for cold fetches and lastError look-ups, which are not scheduled.
 _SCHEDULED_SHARE = 0.95
+_TENANT_HEADROOM = 1.1
 
 
 class Census:
@@ -36,6 +38,7 @@ class Census:
         self._budget_per_s = settings.budget_per_min / 60.0 * _SCHEDULED_SHARE
         self._ttl_ms = int(settings.linger_s * 1000)
         self.allocation = Allocation({}, {}, {}, {}, {})
+        self.on_change: list[Callable[[], object]] = []
 
     def interval_for(self, key: str) -> float | None:
         """The fair interval of ``key`` (None when the census does not know it yet)."""
@@ -60,7 +63,10 @@ class Census:
         if not rate:
             total = sum(self._weights.values())
             rate = self._budget_per_s * self._weights.get(tenant, 1.0) / total
-        interval_ms = int(1000 / max(rate, 1e-6)) + 1
+        # 10% above the fair rate: the tenant's resources, each at its fair interval, add up to
+        # exactly that rate, and a bucket they saturate would let jitter starve an unlucky one.
+        # The bucket is there to stop cold-fetch storms; the shared bucket is the hard cap.
+        interval_ms = int(1000 / max(rate * _TENANT_HEADROOM, 1e-6)) + 1
         # One spare slot absorbs scheduling jitter without letting a tenant burst ahead.
         return BudgetPolicy(interval_ms=interval_ms, burst_ms=interval_ms)
 
@@ -99,6 +105,8 @@ class Census:
         if expired:
             await self._store.redis.hdel(keys.WATCHED, *expired)
         self.allocation = allocate(demands, self._weights, self._budget_per_s)
+        for callback in self.on_change:
+            callback()
         return self.allocation
 
     def tenant_view(self) -> dict[str, dict[str, float]]:

@@ -46,6 +46,7 @@ class _Lease:
     cold: bool = True  # the first poll after taking the lease only needs the floor
     in_flight: bool = False
     tenant: str = "-"  # who asked for it first (pays for the cold fetch)
+    last_started: float | None = None  # local monotonic time of the last poll that went out
 
 
 # Called after a failed container is written, to fetch its lastError (jobs and webhooks hook in).
@@ -110,6 +111,24 @@ class Scheduler:
         if lease is not None:
             lease.cold = True
             self._schedule(key, self._clock.monotonic())
+
+    def reschedule_earlier(self) -> int:
+        """Bring polls forward when the fair intervals shrank (the census was recomputed).
+
+        A poll is scheduled with the interval in force when the previous one went out; without
+        this, a resource whose fair interval dropped would still wait out the old, longer one.
+        Returns how many polls moved.
+        """
+        moved = 0
+        for key, lease in self._leases.items():
+            due = self._due.get(key)
+            if due is None or lease.in_flight or lease.last_started is None:
+                continue
+            earlier = lease.last_started + self._interval_s(self._cache.get(key))
+            if earlier < due - 0.05:
+                self._schedule(key, max(earlier, self._clock.monotonic()))
+                moved += 1
+        return moved
 
     def _drop(self, key: str) -> None:
         self.held_back.pop(key, None)
@@ -235,6 +254,7 @@ class Scheduler:
                 return
             self.held_back.pop(key, None)
             lease.cold = False
+            lease.last_started = started
             send_etag = (
                 self._settings.upstream_etags
                 and lease.ref.kind.send_if_none_match

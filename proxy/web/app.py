@@ -114,6 +114,7 @@ def create_app(
         )
         census = Census(store=store, settings=settings, clock=clock)
         scheduler.census = census
+        census.on_change.append(scheduler.reschedule_earlier)
         interest.census = census
         app[keys.CENSUS] = census
         subscriber = SnapshotSubscriber(
