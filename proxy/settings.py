@@ -8,6 +8,7 @@ start-up with a ``SettingsError`` that names the setting and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import tomllib
@@ -107,7 +108,7 @@ class Settings:
     webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     token_audience: str = "layers-progress-proxy"  # noqa: S105 (a JWT audience, not a secret)
 
-    @property
+    @functools.cached_property
     def cadence(self) -> CadenceRules:
         """The cadence knobs as the pure cadence module takes them."""
         return CadenceRules(

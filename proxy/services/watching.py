@@ -63,6 +63,11 @@ class Watching:
             return None
         return snap
 
+    def hit(self, ref: ResourceRef, tenant: str = "-") -> Snapshot | None:
+        """The hot path: the L1 snapshot (interest noted), or None when it must be fetched."""
+        self.interest.note(ref, tenant)
+        return self.peek(ref)
+
     async def snapshot(self, ref: ResourceRef, tenant: str = "-") -> tuple[Snapshot, str]:
         """The current snapshot of ``ref`` and how it was obtained (hit, miss or collapsed)."""
         self.interest.note(ref, tenant)

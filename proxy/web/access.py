@@ -56,6 +56,8 @@ def bearer_token(request: web.Request) -> str:
 
 # Verified tokens kept so a browser's repeat polls skip the HMAC and JSON work (the hot path).
 _VERIFIED_CACHE_SIZE = 10_000
+# Valid raw ids seen recently → their resource (skips the id regex on repeat polls).
+_REF_MEMO_SIZE = 100_000
 
 
 class Access:
@@ -70,6 +72,7 @@ class Access:
         # Keyed by the exact token string, so only a byte-identical token can hit; expiry is
         # re-checked on every hit. Failures are never cached.
         self._verified: OrderedDict[str, Caller] = OrderedDict()
+        self._refs: dict[tuple[str, str, str | None], ResourceRef] = {}
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         """A configured tenant by id."""
@@ -103,6 +106,11 @@ class Access:
 
     def resource(self, caller: Caller, kind: ResourceKind, raw_id: str) -> ResourceRef:
         """The canonical resource for ``raw_id``; 400 when malformed, 404 when not the caller's."""
+        org = caller.org
+        memo_key = (kind.name, raw_id, org)
+        ref = self._refs.get(memo_key)
+        if ref is not None and caller.may_watch(kind, ref.id):
+            return ref  # valid ids only are memoised, so this skips the regex on repeat polls
         rid = kind.canonical_id(raw_id)
         if rid is None:
             raise InvalidRequest(
@@ -112,4 +120,8 @@ class Access:
         if not caller.may_watch(kind, rid):
             # Identical to an unknown resource: existence must not leak across tenants.
             raise NotFound(f"{kind.id_field} {rid} was not found.")
-        return ResourceRef(kind, rid, caller.org)
+        ref = ResourceRef(kind, rid, org)
+        if len(self._refs) >= _REF_MEMO_SIZE:
+            self._refs.clear()
+        self._refs[memo_key] = ref
+        return ref
