@@ -1,0 +1,1 @@
+"""Benchmarks of the Layers Progress Proxy: coalescing, cached-poll throughput, SSE fan-out."""
