@@ -34,6 +34,7 @@ from proxy.web.access import Access
 from proxy.web.cors import setup_cors
 from proxy.web.middlewares import make_edge_middleware
 from proxy.web.routes import setup_routes
+from proxy.web.streams import StreamHub
 
 log = structlog.get_logger("proxy.app")
 
@@ -122,6 +123,7 @@ def create_app(
         )
         app[keys.SCHEDULER] = scheduler
         app[keys.LIMITS] = TenantLimits(store=store, settings=settings, clock=clock)
+        hub = app[keys.STREAM_HUB] = StreamHub(settings.sse_heartbeat_s)
         app[_SUBSCRIBER] = subscriber
         app[keys.WATCHING] = Watching(
             cache=cache,
@@ -137,6 +139,7 @@ def create_app(
             _spawn(scheduler.renew_forever(), "lease-renewal"),
             _spawn(interest.run(), "interest-flush"),
             _spawn(census.run(), "census"),
+            _spawn(hub.run(), "stream-heartbeats"),
             _spawn(subscriber.listen_forever(), "subscriber"),
             _spawn(subscriber.refresh_forever(), "subscriber-refresh"),
         ]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from proxy.services.watching import Watching
     from proxy.store.redis_store import RedisStore
     from proxy.web.access import Access
+    from proxy.web.streams import StreamHub
 
 REQUEST_ID = web.RequestKey("request_id", str)
 SETTINGS = web.AppKey("settings", Settings)
@@ -28,3 +29,4 @@ SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 ACCESS: web.AppKey[Access] = web.AppKey("access")
 LIMITS: web.AppKey[TenantLimits] = web.AppKey("limits")
 CENSUS: web.AppKey[Census] = web.AppKey("census")
+STREAM_HUB: web.AppKey[StreamHub] = web.AppKey("stream_hub")

@@ -43,10 +43,42 @@ class _StreamListener:
 
     changed: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_write: float = 0.0  # loop time of the last write (the heartbeat ticker reads it)
+    heartbeat_due: bool = False
 
     def notify(self, key: str) -> None:
         self.changed.add(key)
         self.wake.set()
+
+
+class StreamHub:
+    """Every open stream on this replica, and one ticker that asks idle ones for a heartbeat.
+
+    One shared ticker instead of a timer per stream per wait: with 10,000 streams, creating and
+    cancelling a timer on every event was most of the cost of a fan-out.
+    """
+
+    def __init__(self, heartbeat_s: float) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.listeners: set[_StreamListener] = set()
+
+    async def run(self) -> None:
+        """Wake streams that have been quiet for a heartbeat interval (cancel to stop)."""
+        loop = asyncio.get_running_loop()
+        tick_s = min(1.0, self.heartbeat_s / 2)
+        while True:
+            await asyncio.sleep(tick_s)
+            due = loop.time() - self.heartbeat_s
+            for listener in self.listeners:
+                if listener.last_write <= due:
+                    listener.heartbeat_due = True
+                    listener.wake.set()
+
+
+# One rendered frame per (resource, version) for single-resource streams: every subscriber of a
+# resource gets the same bytes, so render them once. Bounded by clearing.
+_FRAMES: dict[tuple[str, int], bytes] = {}
+_FRAMES_MAX = 10_000
 
 
 @dataclass
@@ -207,11 +239,14 @@ async def _run_stream(
     await response.prepare(request)
     _tune_socket(request, settings.sse_write_timeout_s)
     listener = _StreamListener()
+    hub = app[keys.STREAM_HUB]
     for slot in slots:
         watching.cache.listen(slot.ref.key, listener)
         watching.interest.hold(slot.ref, caller_tenant)
     stats.streams_open += 1
+    hub.listeners.add(listener)
     loop = asyncio.get_running_loop()
+    timeout_s = settings.sse_write_timeout_s
     try:
         pending = bytearray(retry_frame(settings.sse_retry_ms))
         for slot, snap in zip(slots, first, strict=True):
@@ -221,19 +256,18 @@ async def _run_stream(
                 slot.done = snap.status < 500
             elif not slot.done:
                 pending += _render(slot, snap, slots, single)
-        await _write(response, bytes(pending), settings.sse_write_timeout_s)
+        await _write(request, response, bytes(pending), timeout_s)
         stats.stream_events += len(slots)
-        next_heartbeat = loop.time() + settings.sse_heartbeat_s
+        listener.last_write = loop.time()
         while not all(slot.done for slot in slots):
-            timeout = max(0.0, next_heartbeat - loop.time())
-            try:
-                async with asyncio.timeout(timeout):
-                    await listener.wake.wait()
-            except TimeoutError:
-                await _write(response, HEARTBEAT, settings.sse_write_timeout_s)
-                next_heartbeat = loop.time() + settings.sse_heartbeat_s
-                continue
+            await listener.wake.wait()
             listener.wake.clear()
+            if listener.heartbeat_due and not listener.changed:
+                listener.heartbeat_due = False
+                await _write(request, response, HEARTBEAT, timeout_s)
+                listener.last_write = loop.time()
+                continue
+            listener.heartbeat_due = False
             changed, listener.changed = listener.changed, set()
             out = bytearray()
             for slot in slots:
@@ -252,14 +286,15 @@ async def _run_stream(
                 out += _render(slot, current, slots, single)
                 stats.stream_events += 1
             if out:
-                await _write(response, bytes(out), settings.sse_write_timeout_s)
-                next_heartbeat = loop.time() + settings.sse_heartbeat_s
+                await _write(request, response, bytes(out), timeout_s)
+                listener.last_write = loop.time()
     except (ConnectionError, TimeoutError, asyncio.CancelledError) as exc:
         # The client left or stopped reading; release everything below.
         log.debug("stream_closed", reason=type(exc).__name__)
         if isinstance(exc, asyncio.CancelledError):
             raise
     finally:
+        hub.listeners.discard(listener)
         stats.streams_open -= 1
         for slot in slots:
             watching.cache.unlisten(slot.ref.key, listener)
@@ -270,10 +305,27 @@ async def _run_stream(
 def _render(slot: _Slot, snap: Snapshot, slots: list[_Slot], single: bool) -> bytes:
     slot.sent_version = snap.version
     slot.done = snap.terminal
-    event_id = str(snap.version) if single else vector_id([s.sent_version for s in slots])
-    return _event_bytes(slot.ref, snap, event_id)
+    if not single:
+        return _event_bytes(slot.ref, snap, vector_id([s.sent_version for s in slots]))
+    frame = _FRAMES.get((snap.key, snap.version))
+    if frame is None:
+        frame = _event_bytes(slot.ref, snap, str(snap.version))
+        if len(_FRAMES) >= _FRAMES_MAX:
+            _FRAMES.clear()
+        _FRAMES[(snap.key, snap.version)] = frame
+    return frame
 
 
-async def _write(response: web.StreamResponse, data: bytes, timeout_s: float) -> None:
+async def _write(
+    request: web.Request, response: web.StreamResponse, data: bytes, timeout_s: float
+) -> None:
+    """Write; a write that could block (client behind on reading) gets the write timeout."""
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(data) < (
+        _SEND_BUFFER_BYTES
+    ):
+        # Below the high-water mark aiohttp writes without waiting: no timer needed.
+        await response.write(data)
+        return
     async with asyncio.timeout(timeout_s):
         await response.write(data)
