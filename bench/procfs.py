@@ -27,7 +27,7 @@ def cpu_s(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
-def pin(pid: int, cpus: set[int]) -> None:
+def pin(pid: int, cpus: frozenset[int] | set[int]) -> None:
     """Restrict ``pid`` to ``cpus`` when the machine has them (a no-op otherwise)."""
     available = os.sched_getaffinity(0)
     wanted = cpus & available
@@ -59,3 +59,8 @@ def cpu_steal_ticks() -> int:
     with open("/proc/stat") as fh:
         fields = fh.readline().split()
     return int(fields[8]) if len(fields) > 8 else 0
+
+
+# The server under test gets CPU 0, the load generators CPU 1 (on a 2-core machine).
+SERVER_CPUS = frozenset({0})
+LOAD_CPUS = frozenset({1})

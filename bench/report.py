@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,37 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
+def revision() -> str:
+    """The commit the numbers belong to (``+dirty`` when code outside bench/ and docs/ changed)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!bench",
+                ":!docs",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
 def machine() -> dict[str, Any]:
     """Where the numbers were measured."""
     return {
+        "revision": revision(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -83,15 +112,17 @@ class Report:
 
     def emit(self) -> Path:
         """Print the table and write ``bench/results/<name>.json``; returns the path."""
+        where = machine()
         params = " ".join(f"{k}={v}" for k, v in self.params.items())
-        print(f"\n## {self.title}\n\n{params}\n\n{self.table()}\n", flush=True)
+        stamp = f"{where['date']}, {where['cpus']} CPUs, rev {where['revision']}"
+        print(f"\n## {self.title}\n\n{stamp}\n{params}\n\n{self.table()}\n", flush=True)
         for title, header, rows in self.extra:
             print(f"{title}\n\n{markdown_table(header, rows)}\n", flush=True)
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"{self.name}.json"
         doc = {
             "benchmark": self.name,
-            "machine": machine(),
+            "machine": where,
             "params": self.params,
             "rows": [r.__dict__ for r in self.rows],
             "tables": [{"title": t, "header": h, "rows": r} for t, h, r in self.extra],

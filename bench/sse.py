@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from bench.procfs import pin, raise_nofile
+from bench.procfs import SERVER_CPUS, pin, raise_nofile
 from bench.report import Report
-from bench.sse_phases import PROXY_CPU, ladder, long_containers, polling, warm
+from bench.sse_phases import ladder, long_containers, polling, warm
 from bench.sse_report import build_report
 from bench.stack import running_stack
 
@@ -93,7 +93,7 @@ def run(p: Params) -> Report:
     with running_stack(replicas=1, gc_threshold=p.proxy_gc) as stack:
         proxy = stack.proxies[0]
         assert proxy.proc is not None
-        pin(proxy.proc.pid, PROXY_CPU)
+        pin(proxy.proc.pid, SERVER_CPUS)
         containers = long_containers(stack.simulator, p.containers)
         warm(proxy, containers, 0.0 if p.aligned else p.poll_interval_s)
         rss0, steps, stopped = ladder(stack, containers, p, cap)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bench.client_pool import Pool, WorkerSpec
-from bench.procfs import cpu_s, mem_available_kb, pin, rss_kb
+from bench.procfs import LOAD_CPUS, SERVER_CPUS, cpu_s, mem_available_kb, pin, rss_kb
 from bench.sources import SourceIndex
 from bench.sse_measure import Window, fan_out
 from bench.stack import Container, Simulator, Stack
@@ -17,8 +17,6 @@ from proxy.testing.processes import ManagedProcess
 if TYPE_CHECKING:
     from bench.sse import Params
 
-PROXY_CPU = {0}
-CLIENT_CPU = frozenset({1})
 # Stop stepping up when the machine has less than this much memory left.
 MIN_AVAILABLE_KB = 1024 * 1024
 _STAGE_NAMES = ("generating_script", "generating_visuals", "rendering", "finalizing")
@@ -74,7 +72,7 @@ def _specs(
     m = len(containers)
     targets = [(j % m, f"/v1/content/{containers[j % m].id}/progress{suffix}") for j in range(n)]
     return [
-        WorkerSpec("127.0.0.1", proxy.port, targets[w::procs], CLIENT_CPU, seed=w)
+        WorkerSpec("127.0.0.1", proxy.port, targets[w::procs], LOAD_CPUS, seed=w)
         for w in range(procs)
     ]
 
@@ -178,7 +176,7 @@ def polling(stack: Stack, containers: list[Container], p: Params, k: int) -> Ste
     proxy = stack.add_proxy()
     assert proxy.proc is not None
     pid, sim, ids = proxy.proc.pid, stack.simulator, [c.id for c in containers]
-    pin(pid, PROXY_CPU)
+    pin(pid, SERVER_CPUS)
     warm(proxy, containers)
     pool = Pool(_specs(proxy, containers, k, p.procs, ""))
     try:

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procfs import CLOCK_TICKS, cpu_steal_ticks, pin
-from bench.report import Report, median
+from bench.procfs import CLOCK_TICKS, LOAD_CPUS, SERVER_CPUS, cpu_steal_ticks, pin
+from bench.report import Report
 from bench.stack import Stack, admin_stats, running_stack
+from bench.throughput_report import build_report
 from bench.wrk import WrkResult, run_wrk, wrk_binary
 from proxy.testing.processes import ManagedProcess, free_port
 
-SERVER_CPU = {0}
-LOAD_CPU = {1}
 _KEEP_HEADERS = (
     "ETag",
     "Age",
@@ -109,13 +108,13 @@ def run(p: Params) -> Report:
     with running_stack(replicas=1) as stack:
         proxy = stack.proxies[0]
         assert proxy.proc is not None
-        pin(proxy.proc.pid, SERVER_CPU)
+        pin(proxy.proc.pid, SERVER_CPUS)
         live, done = warm(stack)
         responses = {cid: capture(f"{proxy.url}/v1/content/{cid}/progress") for cid in (live, done)}
         bare = start_bare(responses)
         try:
             assert bare.proc is not None
-            pin(bare.proc.pid, SERVER_CPU)
+            pin(bare.proc.pid, SERVER_CPUS)
             targets = {"bare": bare.url, "proxy": proxy.url}
             etag = responses[done]["headers"]["ETag"]
             variants = {
@@ -151,7 +150,7 @@ def _alternate(
             duration_s=p.warmup_s,
             connections=p.connections,
             headers=headers,
-            cpus=LOAD_CPU,
+            cpus=LOAD_CPUS,
         )
     order = list(targets)
     for r in range(p.rounds):
@@ -162,66 +161,7 @@ def _alternate(
                     duration_s=p.duration_s,
                     connections=p.connections,
                     headers=headers,
-                    cpus=LOAD_CPU,
+                    cpus=LOAD_CPUS,
                 )
             )
     return out
-
-
-def _spread(mid: float, runs: list[WrkResult]) -> str:
-    rps = [r.rps for r in runs]
-    return f"{mid:,.0f} ({min(rps):,.0f}-{max(rps):,.0f})"
-
-
-def build_report(
-    p: Params, results: dict[str, dict[str, list[WrkResult]]], checks: dict[str, Any]
-) -> Report:
-    """Medians, ratios and the sanity checks (every answer a 200 or a 304 as intended)."""
-    report = Report(
-        "throughput",
-        "Throughput: one proxy worker vs a bare aiohttp handler (same bytes, same headers)",
-        {
-            "load": f"wrk -t1 -c{p.connections} -d{p.duration_s:g}s",
-            "rounds": p.rounds,
-            "servers_on_cpu": sorted(SERVER_CPU),
-            "wrk_on_cpu": sorted(LOAD_CPU),
-        },
-    )
-    data: dict[str, Any] = {}
-    for variant, by_target in results.items():
-        bare_runs, proxy_runs = by_target["bare"], by_target["proxy"]
-        bare = median([r.rps for r in bare_runs])
-        proxy = median([r.rps for r in proxy_runs])
-        # Each round ran both servers back to back: their ratio is robust to the machine's
-        # slower and faster minutes, so its median is the headline.
-        ratio = median(
-            [q.rps / max(b.rps, 1.0) for b, q in zip(bare_runs, proxy_runs, strict=True)]
-        )
-        bad = sum(r.bad_status + r.socket_errors for runs in by_target.values() for r in runs)
-        label = "200 (body)" if variant == "200" else "304 (If-None-Match)"
-        report.add(f"{label}: bare aiohttp req/s (min-max)", _spread(bare, bare_runs))
-        report.add(f"{label}: proxy req/s (min-max)", _spread(proxy, proxy_runs))
-        report.add(f"{label}: proxy / bare, per round", f"{ratio:.2f}", ">= 0.8", ratio >= 0.8)
-        report.add(
-            f"{label}: p99 latency bare / proxy",
-            f"{median([r.p99_ms for r in bare_runs]):.2f} / "
-            f"{median([r.p99_ms for r in proxy_runs]):.2f} ms",
-        )
-        report.add(f"{label}: errors or unexpected statuses", str(bad), "0", bad == 0)
-        data[variant] = {
-            "bare_rps": bare,
-            "proxy_rps": proxy,
-            "ratio_of_medians": proxy / bare,
-            "median_round_ratio": ratio,
-            "runs": {t: [r.__dict__ for r in runs] for t, runs in by_target.items()},
-            "proxy_counters": checks[variant],
-        }
-    nm = checks["304"]
-    report.add(
-        "304 variant: proxy answers that were 304",
-        f"{nm['not_modified']:,} of {nm['client_requests']:,}",
-    )
-    report.add("CPU steal during the runs", f"{checks['steal']:.1%}")
-    data["cpu_steal"] = checks["steal"]
-    report.data = data
-    return report

@@ -67,7 +67,7 @@ def run_wrk(
     connections: int = 64,
     threads: int = 1,
     headers: dict[str, str] | None = None,
-    cpus: set[int] | None = None,
+    cpus: frozenset[int] | set[int] | None = None,
 ) -> WrkResult:
     """One wrk run (optionally pinned to ``cpus``); raises if wrk fails."""
     argv = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency"]
