@@ -52,7 +52,6 @@ def create_app(
 ) -> web.Application:
     """The proxy application. ``transport`` and ``redis_clients`` are seams for tests."""
     app = web.Application(middlewares=[make_edge_middleware(settings)], client_max_size=256 * 1024)
-    setup_cors(app, settings)  # CORS middleware + prepare hook (streams), token mode only
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.STATS] = Stats()
@@ -160,6 +159,7 @@ def create_app(
     app.cleanup_ctx.append(upstream_ctx)
     app.cleanup_ctx.append(services_ctx)
     setup_routes(app)
+    setup_cors(app, settings)  # after the routes: preflight route + prepare hook, token mode only
     return app
 
 

@@ -6,8 +6,8 @@ on tenant A's origin holding tenant B's token gets no CORS headers. A disallowed
 CORS headers at all: the request is still answered, but the browser keeps the answer from the
 page. ``Access-Control-Allow-Credentials`` is never sent: tokens are bearer tokens, not cookies.
 
-The middleware answers preflights (no token needed: browsers never send one there); an
-``on_response_prepare`` hook adds the headers to every other response, streams included, whose
+A catch-all OPTIONS route answers preflights (no token needed: browsers never send one there);
+an ``on_response_prepare`` hook adds the headers to every other response, streams included, whose
 headers go out inside the handler where no middleware can reach them. ``setup_cors`` installs both.
 """
 
@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from proxy.settings import Settings
 from proxy.tokens import MAX_TOKEN_BYTES
@@ -127,23 +126,11 @@ def _is_preflight(request: web.Request) -> bool:
     )
 
 
-def _preflight_middleware(policy: CorsPolicy) -> Middleware:
-    @web.middleware
-    async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if policy.enabled and _is_preflight(request):
-            return policy.preflight(request, request.headers["Origin"])
-        return await handler(request)
-
-    return cors_preflight
-
-
-def make_cors_middleware(settings: Settings) -> Middleware:
-    """The preflight middleware (a pass-through in open mode); ``setup_cors`` adds the rest."""
-    return _preflight_middleware(CorsPolicy(settings))
-
-
 def setup_cors(app: web.Application, settings: Settings) -> None:
-    """Install CORS on ``app`` (nothing in open mode): preflights and every response's headers."""
+    """Install CORS on ``app`` (nothing in open mode): preflights and every response's headers.
+
+    Call it after the application's routes are registered.
+    """
     policy = CorsPolicy(settings)
     if not policy.enabled:
         return
@@ -152,5 +139,12 @@ def setup_cors(app: web.Application, settings: Settings) -> None:
         if not _is_preflight(request):
             _apply(response, policy.response_headers(request))
 
-    app.middlewares.append(_preflight_middleware(policy))
+    async def preflight(request: web.Request) -> web.StreamResponse:
+        if _is_preflight(request):
+            return policy.preflight(request, request.headers["Origin"])
+        return web.Response(status=204, headers={"Allow": ALLOW_METHODS, "Vary": "Origin"})
+
+    # A route rather than a middleware: only OPTIONS requests pay for it. Registered after the
+    # application's own routes (call this last), so GETs never try it first.
+    app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.on_response_prepare.append(add_headers)
