@@ -45,7 +45,7 @@ def build_report(
         label = "200 (body)" if variant == "200" else "304 (If-None-Match)"
         report.add(f"{label}: bare aiohttp req/s (min-max)", _spread(bare, bare_runs))
         report.add(f"{label}: proxy req/s (min-max)", _spread(proxy, proxy_runs))
-        report.add(f"{label}: proxy / bare, per round", f"{ratio:.2f}", ">= 0.8", ratio >= 0.8)
+        report.add(f"{label}: proxy / bare, per round", f"{ratio:.3f}", ">= 0.8", ratio >= 0.8)
         report.add(
             f"{label}: p99 latency bare / proxy",
             f"{median([r.p99_ms for r in bare_runs]):.2f} / "

@@ -236,7 +236,9 @@ class Scheduler:
             claim = await self._store.claim(
                 key,
                 lease.token,
-                gap_ms=int(gap_s * 1000) - _GAP_TOLERANCE_MS,
+                # The tolerance never cuts into the floor (a cold or handed-over lease asks for
+                # exactly the floor, which must hold strictly).
+                gap_ms=max(int(self._rules.floor_s * 1000), int(gap_s * 1000) - _GAP_TOLERANCE_MS),
                 require_watch=True,
                 tenant=payer,
                 tenant_budget=self.census.tenant_budget(payer) if self.census else BudgetPolicy(),
