@@ -3,6 +3,8 @@
 It serves ``GET /v1/content/{containerId}/progress`` with exactly the body and headers the proxy
 sent for that container (captured by the benchmark and passed in a JSON file), a 304 when
 ``If-None-Match`` matches, on the same event loop (uvloop) and runner settings as the proxy.
+``GET /v1/content/{containerId}/progress/stream`` is the bare SSE handler the stream memory
+benchmark compares with: the proxy's stream headers, the body as one event, then idle.
 
     python -m bench.bare_server --port 8181 --responses responses.json
 """
@@ -56,8 +58,27 @@ def make_app(responses: dict[str, Canned]) -> web.Application:
             return web.Response(status=304, headers=headers)
         return web.Response(body=canned.body, content_type="application/json", headers=headers)
 
+    idle = asyncio.Event()  # never set: every stream waits on it
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        canned = responses.get(request.match_info["containerId"])
+        if canned is None:
+            raise web.HTTPNotFound()
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        await response.write(b"event: progress\nid: 1\ndata: " + canned.body + b"\n\n")
+        await idle.wait()
+        return response
+
     app = web.Application()
     app.router.add_get("/v1/content/{containerId}/progress", progress)
+    app.router.add_get("/v1/content/{containerId}/progress/stream", stream)
     return app
 
 

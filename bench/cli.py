@@ -15,7 +15,17 @@ from collections.abc import Sequence
 from types import ModuleType
 
 # In the order ``all`` runs them; a module that is not there (yet) is left out.
-BENCHMARKS = ("coalescing", "throughput", "sse", "fairness", "jobs")
+BENCHMARKS = (
+    "coalescing",
+    "throughput",
+    "sse",
+    "stream_memory",
+    "fairness",
+    "jobs",
+    "workers",
+    "polls",
+    "microcache",
+)
 
 
 def _modules() -> dict[str, ModuleType]:

@@ -24,6 +24,7 @@ from bench.stack import ADMIN_TOKEN, http_json
 from bench.wrk import run_wrk, wrk_binary
 from proxy.fair_share import Demand, allocate
 from proxy.simulator.state import DEFAULT_KEY
+from proxy.tenancy.tokens import mint_token
 from proxy.testing.processes import (
     ManagedProcess,
     start_proxy,
@@ -31,7 +32,6 @@ from proxy.testing.processes import (
     start_simulator,
     write_config,
 )
-from proxy.tokens import mint_token
 
 TENANTS = (("alpha", 1.0, 0.6), ("beta", 2.0, 0.3), ("gamma", 3.0, 0.1))  # id, weight, share
 SECRET = "fairness-benchmark-secret-{}-" + "z" * 40

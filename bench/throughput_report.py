@@ -27,6 +27,7 @@ def build_report(
         {
             "load": f"wrk -t1 -c{p.connections} -d{p.duration_s:g}s",
             "rounds": p.rounds,
+            "auth": p.auth,
             "servers_on_cpu": sorted(SERVER_CPUS),
             "wrk_on_cpu": sorted(LOAD_CPUS),
         },

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from proxy.snapshot import Snapshot
+
 TERMINAL_STATUSES = frozenset({"completed", "failed", "canceled", "cancelled"})
 
 
@@ -20,6 +22,7 @@ class CadenceRules:
     slow_interval_s: float = 5.0
     slow_after_s: float = 30.0
     floor_s: float = 1.0
+    list_interval_s: float = 10.0  # a project's content list: a slow, fixed cadence
 
 
 def is_terminal(status: str | None) -> bool:
@@ -28,15 +31,29 @@ def is_terminal(status: str | None) -> bool:
 
 
 def poll_interval_s(
-    status: str | None, stage_elapsed_s: float, rules: CadenceRules
+    status: str | None, stage_elapsed_s: float, rules: CadenceRules, *, is_list: bool = False
 ) -> float | None:
     """Seconds until the next upstream poll, or None when the status is terminal."""
+    if is_list:
+        return max(rules.list_interval_s, rules.floor_s)
     if is_terminal(status):
         return None
     interval = (
         rules.slow_interval_s if stage_elapsed_s > rules.slow_after_s else rules.default_interval_s
     )
     return max(interval, rules.floor_s)
+
+
+def snapshot_interval_s(
+    snap: Snapshot, rules: CadenceRules, *, is_list: bool = False
+) -> float | None:
+    """``poll_interval_s`` for ``snap``: its status, and how long its stage had lasted when the
+    upstream last confirmed it. None when the status is terminal.
+
+    ``is_list`` is the kind's ``list_cadence`` (``ResourceRef.kind_of_key(snap.key)``).
+    """
+    elapsed = max(0.0, (snap.fetched_ms - snap.stage_since_ms) / 1000)
+    return poll_interval_s(snap.status, elapsed, rules, is_list=is_list)
 
 
 def error_backoff_s(

@@ -3,9 +3,13 @@
 One event loop serves a simulated Layers API on ``--sim-port`` (seeded with ``--containers`` runs,
 refilled with a fresh batch about 10 s after the last one ends) and the proxy on ``--port``, plus
 the demo page ``/demo`` and its JSON endpoints ``/demo/api/containers`` and ``/demo/api/stats``.
+The page's project view shows the demo project (``GET /demo/api/project``, one fixed id per
+process, seeded with one run of three containers); ``POST /demo/api/project/runs`` starts three
+more containers in it.
 
 Environment knob (for tests and a quick look): ``LAYERS_DEMO_SPEED=<float>`` runs the simulator's
 clock that many times faster (default 1), so every timeline is that many times shorter.
+``PROXY_ADMIN_TOKEN``, when set, is the demo proxy's admin token (the admin view at ``/admin``).
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from proxy.logs import configure_logging
 from proxy.server import PARSER_MAX_FIELD, PARSER_MAX_LINE
 from proxy.settings import SettingsError, load_settings
 from proxy.simulator import DEFAULT_KEY, ScaledClock, SimulatorState, running_simulator, seed_demo
+from proxy.simulator.demo import demo_script
+from proxy.simulator.ids import new_uuid
+from proxy.store.connect import answers_ping
+from proxy.web import keys
 from proxy.web.app import create_app
+from proxy.web.middlewares import guard_handler
 from proxy.web.ops import public_stats
 from proxy.web.static_routes import STATIC_DIR, add_static_routes
 
@@ -41,6 +48,10 @@ DEMO_RATE_PER_MIN = 1200
 REFILL_AFTER_S = 10.0
 TERMINAL = ("completed", "failed", "canceled")
 HOST = "127.0.0.1"
+ADMIN_ENV = "PROXY_ADMIN_TOKEN"  # the admin view's token, taken from the environment when set
+PROJECT_RUN_SIZE = 3  # containers per "Start a project run"
+PROJECT_MAX_ACTIVE = 9  # a run is refused (429) while this many of the project's are in flight
+PROJECT_POLL_S = 2  # the project's content list, polled upstream this often while watched
 
 
 @dataclass
@@ -63,25 +74,42 @@ class Batch:
         return all(_ended(self.state, cid) for cid, _ in self.ids)
 
 
+@dataclass
+class DemoProject:
+    """The demo's one project: runs of a few containers started from the page."""
+
+    state: SimulatorState
+    rng: random.Random = field(default_factory=random.Random)
+    project_id: str = ""
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.project_id = self.project_id or "prj_" + new_uuid(self.rng)
+
+    def active(self) -> int:
+        """The project's containers still in flight."""
+        return sum(1 for cid in self.ids if not _ended(self.state, cid))
+
+    def run(self, size: int = PROJECT_RUN_SIZE) -> list[str]:
+        """Start ``size`` varied containers in the project; return their ids."""
+        started = []
+        for _ in range(size):
+            script = demo_script(len(self.ids), self.rng)
+            cid, _job = self.state.add_container(script, project_id=self.project_id)
+            self.ids.append(cid)
+            started.append(cid)
+        return started
+
+
 async def choose_redis(explicit: str | None, source: str = "as asked") -> tuple[str, str]:
     """The Redis URL to use and why: the given one, a local Redis answering PING, or embedded."""
     if explicit:
-        if explicit != "memory://" and not await _pings(explicit):
+        if explicit != "memory://" and not await answers_ping(explicit):
             raise SettingsError(f"no Redis answered PING at {explicit} ({source})")
         return explicit, source
-    if await _pings(LOCAL_REDIS):
+    if await answers_ping(LOCAL_REDIS):
         return LOCAL_REDIS, "a local Redis answered PING"
     return "memory://", f"embedded in-process Redis: nothing answered PING at {LOCAL_REDIS}"
-
-
-async def _pings(url: str) -> bool:
-    client: Redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(await client.ping())
-    except (RedisError, OSError):
-        return False
-    finally:
-        await client.aclose()
 
 
 def demo_speed(environ: Mapping[str, str] = os.environ) -> float:
@@ -106,7 +134,7 @@ def _count(data: Mapping[str, object], name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def add_demo_routes(proxy: web.Application, batch: Batch) -> None:
+def add_demo_routes(proxy: web.Application, batch: Batch, project: DemoProject) -> None:
     """The demo page and the JSON it refreshes from (demo only: they show simulator internals)."""
 
     async def page(_: web.Request) -> web.FileResponse:
@@ -137,7 +165,29 @@ def add_demo_routes(proxy: web.Application, batch: Batch) -> None:
             }
         )
 
+    def project_state() -> dict[str, Any]:
+        return {
+            "projectId": project.project_id,
+            "containers": list(project.ids),
+            "active": project.active(),
+        }
+
+    async def project_info(_: web.Request) -> web.Response:
+        return _json(project_state())
+
+    async def project_run(_: web.Request) -> web.Response:
+        if project.active() >= PROJECT_MAX_ACTIVE:
+            response = _json({"error": {"code": "TOO_MANY", "message": "Let a run finish first."}})
+            response.set_status(429)
+            return response
+        started = project.run()
+        response = _json({**project_state(), "started": started})
+        response.set_status(201)
+        return response
+
     proxy.router.add_get("/demo", page)
+    proxy.router.add_get("/demo/api/project", project_info)
+    proxy.router.add_post("/demo/api/project/runs", project_run)
     proxy.router.add_get("/demo/api/containers", containers)
     proxy.router.add_get("/demo/api/stats", stats)
 
@@ -157,7 +207,13 @@ async def keep_seeding(batch: Batch) -> None:
 
 
 def _print_banner(
-    base: str, sim_url: str, batch: Batch, redis: tuple[str, str], speed: float
+    base: str,
+    sim_url: str,
+    batch: Batch,
+    redis: tuple[str, str],
+    speed: float,
+    admin: bool,
+    project_id: str,
 ) -> None:
     url, why = redis
     cid = batch.ids[0][0]
@@ -172,7 +228,9 @@ def _print_banner(
         f"Open the demo page:  {base}/demo",
         f"Poll like a client:  curl -i {base}/v1/content/{cid}/progress",
         f"Stream it:           curl -N {base}/v1/content/{cid}/progress/stream",
+        f"A whole project:     curl -s {base}/v1/projects/{project_id}/progress",
         f"Counters:            curl -s {base}/demo/api/stats",
+        *([f"Admin view:          {base}/admin  (the token in {ADMIN_ENV})"] if admin else []),
         "  Watch deliveries (client_requests + stream_events, served by the proxy) grow",
         "  while upstream.requests (what the Layers API saw) stays at one poll per container",
         "  per cadence interval, however many tabs watch.",
@@ -188,9 +246,24 @@ async def _redis_for(args: argparse.Namespace) -> tuple[str, str]:
     return await choose_redis(os.environ.get("REDIS_URL") or None, "from REDIS_URL")
 
 
-def _proxy_runner(sim_url: str, redis_url: str, port: int, batch: Batch) -> web.AppRunner:
+def install_edge(runner: web.AppRunner) -> None:
+    """The proxy's edge in front of the app, as ``serve`` has it (before the site starts)."""
+    server = runner.server
+    assert server is not None  # set by setup()
+    server.request_handler = guard_handler(server.request_handler, runner.app[keys.SETTINGS])
+
+
+def _proxy_runner(
+    sim_url: str,
+    redis_url: str,
+    port: int,
+    batch: Batch,
+    project: DemoProject,
+    admin_token: str = "",
+) -> web.AppRunner:
     settings = load_settings(
         env={
+            **({ADMIN_ENV: admin_token} if admin_token else {}),
             "LAYERS_API_URL": sim_url,
             "LAYERS_API_KEY": DEFAULT_KEY,
             "REDIS_URL": redis_url,
@@ -199,11 +272,12 @@ def _proxy_runner(sim_url: str, redis_url: str, port: int, batch: Batch) -> web.
             "PROXY_PORT": str(port),
             "LAYERS_RATE_PER_MIN": str(DEMO_RATE_PER_MIN),
             "PROXY_LOG_LEVEL": "warning",
+            "PROXY_PROJECT_POLL_S": str(PROJECT_POLL_S),  # a new run shows up within seconds
         }
     )
     proxy = create_app(settings)
     add_static_routes(proxy)
-    add_demo_routes(proxy, batch)
+    add_demo_routes(proxy, batch, project)
     return web.AppRunner(
         proxy,
         access_log=None,
@@ -229,19 +303,31 @@ async def _run(args: argparse.Namespace, speed: float) -> int:
     )
     batch = Batch(state, args.containers)
     batch.seed()
+    project = DemoProject(state)
+    project.run()  # the project exists upstream once it has a container
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
         async with running_simulator(state, HOST, args.sim_port) as sim:
-            runner = _proxy_runner(sim.url, redis[0], args.port, batch)
+            admin_token = os.environ.get(ADMIN_ENV, "")
+            runner = _proxy_runner(sim.url, redis[0], args.port, batch, project, admin_token)
             await runner.setup()
+            install_edge(runner)
             seeder = asyncio.create_task(keep_seeding(batch))
             try:
                 await web.TCPSite(runner, HOST, args.port).start()
                 base = f"http://{HOST}:{runner.addresses[0][1]}"
-                _print_banner(base, sim.url, batch, redis, speed)
+                _print_banner(
+                    base,
+                    sim.url,
+                    batch,
+                    redis,
+                    speed,
+                    admin=bool(admin_token),
+                    project_id=project.project_id,
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(args.duration if args.duration > 0 else None):
                         await stop.wait()

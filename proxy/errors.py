@@ -3,54 +3,45 @@
     ProxyError                      (status, code, message, details, headers)
     ├── InvalidRequest              400/414/422 VALIDATION: bad id or request, no upstream call
     ├── Unauthenticated             401 UNAUTHENTICATED: missing or invalid capability token
+    ├── TokenExpired                401 TOKEN_EXPIRED: an open stream's token reached its exp
     ├── NotFound                    404 NOT_FOUND: unknown resource, or not the caller's
     ├── Conflict                    409 CONFLICT: a replayed webhook event
     ├── PayloadTooLarge             413 PAYLOAD_TOO_LARGE: an oversized webhook body
     ├── TooManyRequests             429 RATE_LIMITED: the caller is over a limit of its own
-    ├── UpstreamAuthError           502 UPSTREAM_AUTH: Layers rejected the proxy's key (operator)
-    ├── UpstreamUnavailable         502 UPSTREAM_UNAVAILABLE: Layers failed and nothing is cached
     ├── UpstreamTimeout             504 UPSTREAM_TIMEOUT: Layers did not answer in time
     ├── UpstreamRateLimited         503 UPSTREAM_RATE_LIMITED: the shared key is cooling down
     └── Unavailable                 503 UNAVAILABLE: retry later (e.g. Redis unreachable)
 
+Upstream failures with nothing cached are answered with the code recorded with the failure
+(``UPSTREAM_AUTH``, ``UPSTREAM_UNAVAILABLE``, ...; see ``services.watching.raise_for_error_only``).
 ``envelope()`` builds the body every error uses, the shape of the Layers error envelope.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-_ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-
-def new_request_id() -> str:
-    """A ``req_``-prefixed id in the upstream's style (26 Crockford base32 characters)."""
-    raw = int.from_bytes(os.urandom(17), "big")
-    chars = []
-    for _ in range(26):
-        raw, rem = divmod(raw, 32)
-        chars.append(_ULID_ALPHABET[rem])
-    return "req_" + "".join(chars)
+def error_object(
+    code: str, message: str, request_id: str, details: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The envelope's ``error`` member; every error body and error event is built from it."""
+    return {
+        "code": code,
+        "message": message,
+        "requestId": request_id,
+        "details": dict(details or {}),
+    }
 
 
 def envelope(
     code: str, message: str, request_id: str, details: Mapping[str, Any] | None = None
 ) -> bytes:
     """The error body: ``{"error": {"code", "message", "requestId", "details"}}``."""
-    return orjson.dumps(
-        {
-            "error": {
-                "code": code,
-                "message": message,
-                "requestId": request_id,
-                "details": dict(details or {}),
-            }
-        }
-    )
+    return orjson.dumps({"error": error_object(code, message, request_id, details)})
 
 
 class ProxyError(Exception):
@@ -85,6 +76,13 @@ class Unauthenticated(ProxyError):
     code = "UNAUTHENTICATED"
 
 
+class TokenExpired(ProxyError):
+    """Ends a stream at its token's exp (a final ``event: error``; reconnecting gets 401)."""
+
+    status = 401
+    code = "TOKEN_EXPIRED"
+
+
 class NotFound(ProxyError):
     status = 404
     code = "NOT_FOUND"
@@ -108,16 +106,6 @@ class Unavailable(ProxyError):
 class TooManyRequests(ProxyError):
     status = 429
     code = "RATE_LIMITED"
-
-
-class UpstreamAuthError(ProxyError):
-    status = 502
-    code = "UPSTREAM_AUTH"
-
-
-class UpstreamUnavailable(ProxyError):
-    status = 502
-    code = "UPSTREAM_UNAVAILABLE"
 
 
 class UpstreamTimeout(ProxyError):

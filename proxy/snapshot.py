@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 
 def etag_for(body: bytes) -> str:
@@ -42,35 +41,6 @@ class Snapshot:
     def has_body(self) -> bool:
         """True when there is something to serve (a 200 or a cached 404)."""
         return bool(self.body)
-
-    def stage_elapsed_s(self, now_ms: int) -> float:
-        """How long the current stage has lasted."""
-        return max(0.0, (now_ms - self.stage_since_ms) / 1000.0)
-
-    def with_error(self, error: str, status: int, code: str, now_ms: int) -> Snapshot:
-        """The same snapshot marked as failing to refresh."""
-        return replace(self, error=error, error_status=status, error_code=code, error_ms=now_ms)
-
-    def to_fields(self) -> dict[str, Any]:
-        """Flat string fields for a Redis hash."""
-        return {
-            "version": self.version,
-            "body": self.body,
-            "etag": self.etag,
-            "status_code": self.status_code,
-            "status": self.status,
-            "stage": self.stage,
-            "stage_since_ms": self.stage_since_ms,
-            "fetched_ms": self.fetched_ms,
-            "terminal": int(self.terminal),
-            "error": self.error,
-            "error_status": self.error_status,
-            "error_code": self.error_code,
-            "error_ms": self.error_ms,
-            "upstream_etag": self.upstream_etag,
-            "expires_ms": self.expires_ms,
-            "extra": self.extra,
-        }
 
     @staticmethod
     def from_fields(key: str, raw: dict[bytes, bytes]) -> Snapshot | None:

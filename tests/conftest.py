@@ -80,8 +80,13 @@ def redis_url(redis_proc: ManagedProcess) -> Iterator[str]:
 def _flush(port: int) -> None:
     import redis
 
+    from proxy.store import keys
+
     client = redis.Redis(port=port)
     client.flushall()
+    # A clean database for each test, but not one that "just forgot everything": otherwise each
+    # test's first poll would wait out the floor (tests/chaos covers the forgetting itself).
+    client.set(keys.MEMORY_SINCE, 0)
     client.close()
 
 

@@ -97,10 +97,6 @@ class SnapshotCache:
         """True while anybody waits on ``key``."""
         return key in self._listeners
 
-    def listener_count(self) -> int:
-        """How many (key, listener) pairs are registered."""
-        return sum(len(v) for v in self._listeners.values())
-
     async def wait_for(
         self, key: str, accept: Callable[[Snapshot], bool], timeout_s: float
     ) -> Snapshot | None:

@@ -1,7 +1,8 @@
 """The watch census: who watches what, cluster-wide, turned into fair poll intervals.
 
 Every replica writes its (tenant, resource, cadence interval) entries into one Redis hash on each
-interest flush, and every few seconds reads the whole hash back, drops expired entries and runs
+interest flush (``to_publish`` prepares them; the flush sends them with its other writes in one
+round trip), and every few seconds reads the whole hash back, drops expired entries and runs
 the pure max-min allocation. Each replica so knows the same fair interval for every resource,
 whichever replica holds its lease.
 """
@@ -9,15 +10,15 @@ whichever replica holds its lease.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import structlog
-from redis.exceptions import RedisError
 
 from proxy.clock import Clock
 from proxy.fair_share import Allocation, Demand, allocate
 from proxy.settings import Settings
-from proxy.store import keys
+from proxy.store.errors import StoreError
 from proxy.store.redis_store import BudgetPolicy, RedisStore
 
 log = structlog.get_logger("proxy.census")
@@ -25,6 +26,52 @@ log = structlog.get_logger("proxy.census")
 # Leave a little of the budget for cold fetches and lastError look-ups, which are not scheduled.
 _SCHEDULED_SHARE = 0.95
 _TENANT_HEADROOM = 1.1
+
+
+class FairShare(Protocol):
+    """What the scheduler and the interest flush ask of the census."""
+
+    def interval_for(self, key: str) -> float | None:
+        """The fair interval of ``key`` (None: no stretch)."""
+
+    def payer(self, key: str, hint: str) -> str:
+        """Who pays for polling ``key``."""
+
+    def tenant_budget(self, tenant: str) -> BudgetPolicy:
+        """The GCRA a poll paid by ``tenant`` must also pass."""
+
+    def tenants_of(self, key: str) -> tuple[str, ...]:
+        """The tenants watching ``key``."""
+
+    def to_publish(self, demand: Mapping[tuple[str, str], float]) -> dict[str, str]:
+        """This replica's demand as census hash entries, for the interest flush to write."""
+
+
+class NoCensus:
+    """The census when fair sharing is off (a scheduler on its own, in tests): all no-ops."""
+
+    def interval_for(self, key: str) -> float | None:
+        """No fair interval: the cadence alone."""
+        return None
+
+    def payer(self, key: str, hint: str) -> str:
+        """The tenant that asked first pays."""
+        return hint
+
+    def tenant_budget(self, tenant: str) -> BudgetPolicy:
+        """No per-tenant bucket; the shared one is all."""
+        return BudgetPolicy()
+
+    def tenants_of(self, key: str) -> tuple[str, ...]:
+        """Nobody known."""
+        return ()
+
+    def to_publish(self, demand: Mapping[tuple[str, str], float]) -> dict[str, str]:
+        """Nothing to record."""
+        return {}
+
+
+NO_CENSUS = NoCensus()
 
 
 class Census:
@@ -74,20 +121,22 @@ class Census:
         """The tenants watching ``key`` (who pays for its polls)."""
         return self.allocation.tenants_of.get(key, ())
 
-    async def publish(self, entries: dict[tuple[str, str], float]) -> None:
-        """Record (tenant, key) → cadence interval for this flush (one round trip)."""
-        if not entries:
-            return
+    def to_publish(self, demand: Mapping[tuple[str, str], float]) -> dict[str, str]:
+        """(tenant, key) → cadence interval of this flush as census hash entries.
+
+        "tenant|key" → "expiry_ms|interval_ms", expiring one linger from now (wall clock).
+        """
+        if not demand:
+            return {}
         expiry = int(self._clock.wall() * 1000) + self._ttl_ms
-        mapping: dict[str | bytes, str | bytes] = {
+        return {
             f"{tenant}|{key}": f"{expiry}|{int(interval * 1000)}"
-            for (tenant, key), interval in entries.items()
+            for (tenant, key), interval in demand.items()
         }
-        await self._store.redis.hset(keys.WATCHED, mapping=mapping)  # type: ignore[arg-type]
 
     async def refresh(self) -> Allocation:
         """Read the census, prune expired entries and recompute the allocation."""
-        raw: dict[bytes, bytes] = await self._store.redis.hgetall(keys.WATCHED)  # type: ignore[assignment]
+        raw = await self._store.census_read()
         now_ms = int(self._clock.wall() * 1000)
         demands: list[Demand] = []
         expired: list[bytes] = []
@@ -103,7 +152,7 @@ class Census:
                 continue
             demands.append(Demand(tenant, key, int(interval_s) / 1000))
         if expired:
-            await self._store.redis.hdel(keys.WATCHED, *expired)
+            await self._store.census_prune(expired)
         self.allocation = allocate(demands, self._weights, self._budget_per_s)
         for callback in self.on_change:
             callback()
@@ -130,7 +179,7 @@ class Census:
         while True:
             try:
                 await self.refresh()
-            except RedisError as exc:
+            except StoreError as exc:
                 log.warning("census_refresh_failed", error=type(exc).__name__)
             rounds += 1
             if rounds % log_every == 0 and self._weights:

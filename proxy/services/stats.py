@@ -20,6 +20,8 @@ class Stats:
     streams_open: int = 0
     long_polls: int = 0
     webhooks_received: int = 0
+    redis_unavailable: int = 0  # cold requests answered 503 because Redis did not answer
+    pool_waits: int = 0  # polls put back because no upstream connection came free in time
     by_outcome: Counter[str] = field(default_factory=Counter)
     tenant_requests: Counter[str] = field(default_factory=Counter)
     # Fractional: a resource watched by several tenants is charged to them in equal parts.
@@ -38,5 +40,7 @@ class Stats:
             "streams_open": self.streams_open,
             "long_polls": self.long_polls,
             "webhooks_received": self.webhooks_received,
+            "redis_unavailable": self.redis_unavailable,
+            "pool_waits": self.pool_waits,
             "upstream_by_outcome": dict(self.by_outcome),
         }

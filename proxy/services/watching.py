@@ -12,20 +12,25 @@ import functools
 import math
 
 from proxy.clock import Clock
-from proxy.errors import ProxyError, UpstreamRateLimited, UpstreamTimeout
+from proxy.errors import ProxyError, Unavailable, UpstreamRateLimited, UpstreamTimeout
 from proxy.resources import ResourceRef
-from proxy.services.cache import SnapshotCache
+from proxy.services.cache import Listener, SnapshotCache
 from proxy.services.interest import InterestTracker
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot
+from proxy.store.errors import StoreError
 from proxy.store.redis_store import RedisStore
 
 # How a request was satisfied, for Cache-Status.
 HIT = "hit"
 MISS = "miss"
 COLLAPSED = "collapsed"
+
+# What a client is told to wait when a cold request cannot reach Redis (the probe runs twice a
+# second, so Redis coming back is noticed well within this).
+_REDIS_RETRY_AFTER_S = 2
 
 
 class Watching:
@@ -92,6 +97,19 @@ class Watching:
             task.exception()  # retrieved here, so an unawaited failure is not reported twice
 
     async def _fetch_cold(self, ref: ResourceRef, tenant: str) -> tuple[Snapshot, str]:
+        try:
+            return await self._fetch_cold_via_redis(ref, tenant)
+        except StoreError:
+            # Memory had nothing for this resource, and the rest needs Redis (the lease that
+            # keeps the upstream poll single, the floor, the budget): a clear, prompt 503.
+            self._stats.redis_unavailable += 1
+            raise Unavailable(
+                "The proxy's shared store (Redis) is not answering and nothing is cached here "
+                f"for {ref.kind.id_field} {ref.id} yet; retry shortly.",
+                headers={"Retry-After": str(_REDIS_RETRY_AFTER_S)},
+            ) from None
+
+    async def _fetch_cold_via_redis(self, ref: ResourceRef, tenant: str) -> tuple[Snapshot, str]:
         key = ref.key
         stored = await self._store.read(key)
         if stored is not None and not (stored.expires_ms and stored.expires_ms <= self.now_ms()):
@@ -110,12 +128,11 @@ class Watching:
         how = COLLAPSED
         step_s = max(0.5, self._settings.lease_ttl_s / 3)
         while True:
-            [touched] = await self._store.touch_many(
-                [(key, not self._scheduler.owns(key), self.interest.revalidate_ms(ref))]
+            touched = await self._scheduler.leases.take(
+                ref, revalidate_ms=self.interest.revalidate_ms(ref), tenant=tenant
             )
             if touched.fence:
-                how = MISS  # this replica makes the upstream request
-                self._scheduler.adopt(ref, touched.fence, tenant)
+                how = MISS  # this replica took the lease: it makes the upstream request
             remaining = deadline - loop.time()
             if remaining <= 0:
                 reason, wait_ms = self._scheduler.held_back.get(key, ("", 0))
@@ -147,11 +164,23 @@ class Watching:
             self._scheduler.poke(ref.key)
             return
         # revalidate_after 0: take the lease even when the stored snapshot is terminal.
-        [touched] = await self._store.touch_many([(ref.key, True, 0)])
-        if touched.fence:
-            self._scheduler.adopt(ref, touched.fence)
-        elif touched.holder:
+        touched = await self._scheduler.leases.take(ref, revalidate_ms=0)
+        if not touched.fence and touched.holder:
             await self._store.poke(ref.key)
+
+    def latest(self, key: str) -> Snapshot | None:
+        """The L1 snapshot of ``key`` as it is (a stream reads it when told ``key`` changed)."""
+        return self.cache.get(key)
+
+    def watch(self, ref: ResourceRef, tenant: str, listener: Listener) -> None:
+        """Tell ``listener`` of every change of ``ref`` and keep it polled until ``unwatch``."""
+        self.cache.listen(ref.key, listener)
+        self.interest.hold(ref, tenant)
+
+    def unwatch(self, ref: ResourceRef, tenant: str, listener: Listener) -> None:
+        """Undo one ``watch``."""
+        self.cache.unlisten(ref.key, listener)
+        self.interest.unhold(ref, tenant)
 
     async def wait_change(
         self, ref: ResourceRef, after_version: int, timeout_s: float, tenant: str = "-"

@@ -16,12 +16,29 @@ from aiohttp import web
 from proxy.simulator.budget import BudgetDecision
 from proxy.simulator.context import CTX_KEY, STATE_KEY, ApiContext
 from proxy.simulator.errors import JSON, error_response, from_http_exception
-from proxy.simulator.faults import FaultRule
-from proxy.simulator.ids import canonical_container_id, canonical_job_id, key_id_of
-from proxy.simulator.misbehaviour import GARBAGE_BODY, hang, reset_connection, truncate
+from proxy.simulator.faults import DISTORTING, FaultRule
+from proxy.simulator.ids import (
+    canonical_container_id,
+    canonical_job_id,
+    canonical_project_id,
+    key_id_of,
+)
+from proxy.simulator.listing import ListingError, project_content
+from proxy.simulator.misbehaviour import (
+    GARBAGE_BODY,
+    drip,
+    foreign_body,
+    hang,
+    padded,
+    reflected,
+    reset_connection,
+    stall,
+    truncate,
+    without_fields,
+)
 from proxy.simulator.state import AuthFailure, Identity, SimulatorState
 
-Kind = Literal["progress", "container", "job", "whoami", "other"]
+Kind = Literal["progress", "container", "job", "project_content", "whoami", "other"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ORG_HEADER = "X-Layers-Organization"
@@ -30,6 +47,7 @@ SCOPES: dict[Kind, str | None] = {
     "progress": "content:read",
     "container": "content:read",
     "job": "jobs:read",
+    "project_content": "content:read",
     "whoami": None,
     "other": None,
 }
@@ -82,7 +100,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         _stamp(response, request_id, ctx.budget or state.peek_budget(key))
         status = response.status if ctx.answered else None
         body = getattr(response, "body", None)
-        if status is not None:
+        if status is not None and record.bytes is None:
             record.bytes = len(body) if isinstance(body, bytes) else 0
         return response
     finally:
@@ -123,19 +141,16 @@ async def _serve(request: web.Request, kind: Kind) -> web.StreamResponse:
     raw_id = request.match_info.get("id")
     ctx.record.kind = kind
     if raw_id is not None:
-        canonical = canonical_job_id(raw_id) if kind == "job" else canonical_container_id(raw_id)
-        ctx.record.resource_id = canonical or raw_id
+        ctx.record.resource_id = _CANONICAL.get(kind, canonical_container_id)(raw_id) or raw_id
     # Faults strike first, like a sick load balancer: no auth, no budget spent.
     rule = state.take_fault(request.path)
-    cut_in_half = False
     if rule is not None:
         ctx.record.fault = rule.kind
         if rule.kind == "latency":
             await asyncio.sleep(rule.latency_ms / 1000)
-        elif rule.kind == "truncated":
-            cut_in_half = True
-        else:
+        elif rule.kind not in DISTORTING:
             return await _misbehave(request, state, ctx, rule)
+    distortion = rule if rule is not None and rule.kind in DISTORTING else None
     auth = state.authenticate(ctx.presented_key, request.headers.get(ORG_HEADER), SCOPES[kind])
     if isinstance(auth, AuthFailure):
         return error_response(auth.status, auth.code, auth.message, ctx.request_id)
@@ -143,10 +158,65 @@ async def _serve(request: web.Request, kind: Kind) -> web.StreamResponse:
     ctx.budget = state.spend(auth)
     if not ctx.budget.allowed:
         return _rate_limited(state, ctx.request_id, ctx.budget.retry_after_s)
-    response = _answer(request, state, ctx, kind, raw_id or "", auth)
-    if cut_in_half and response.status == 200:
+    response = _answer(request, state, ctx, kind, raw_id or "", auth, distortion)
+    if distortion is None or response.status != 200:
+        return response
+    if distortion.kind == "truncated":
         truncate(response)
+    elif distortion.kind == "drip":
+        # The middleware stamps headers after the handler, too late for a streamed answer.
+        _stamp(response, ctx.request_id, ctx.budget)
+        ctx.record.bytes = len(response.body) if isinstance(response.body, bytes) else 0
+        return await drip(request, response, state, distortion.latency_ms / 1000)
     return response
+
+
+_CANONICAL: dict[Kind, Callable[[str], str | None]] = {
+    "job": canonical_job_id,
+    "project_content": canonical_project_id,
+}
+
+
+def _lookup(
+    request: web.Request, state: SimulatorState, kind: Kind, raw_id: str, auth: Identity
+) -> dict[str, Any] | None:
+    if kind == "project_content":
+        project = canonical_project_id(raw_id)
+        query = request.query
+        return (
+            None
+            if project is None
+            else project_content(
+                state,
+                project,
+                auth.org,
+                statuses=query.getall("status", []),
+                cursor=query.get("cursor"),
+                limit=query.get("limit"),
+            )
+        )
+    if kind == "progress":
+        return state.progress(raw_id, auth.org)
+    if kind == "container":
+        return state.container(raw_id, auth.org)
+    if kind == "job":
+        return state.job(raw_id, auth.org)
+    return _whoami(auth)
+
+
+def _distorted(
+    request: web.Request, state: SimulatorState, kind: Kind, body: dict[str, Any], rule: FaultRule
+) -> dict[str, Any]:
+    """The body a body-changing fault answers with instead of the real one."""
+    if rule.kind == "wrong_id":
+        return foreign_body(kind, state) or body
+    if rule.kind == "missing_fields":
+        return without_fields(kind, body)
+    if rule.kind == "oversize":
+        return padded(body, rule.size_bytes)
+    if rule.kind == "reflect":
+        return reflected(kind, body, request.headers)
+    return body
 
 
 def _answer(
@@ -156,26 +226,25 @@ def _answer(
     kind: Kind,
     raw_id: str,
     auth: Identity,
+    distortion: FaultRule | None = None,
 ) -> web.Response:
-    body: dict[str, Any] | None
-    if kind == "progress":
-        body = state.progress(raw_id, auth.org)
-    elif kind == "container":
-        body = state.container(raw_id, auth.org)
-    elif kind == "job":
-        body = state.job(raw_id, auth.org)
-    elif kind == "whoami":
-        body = _whoami(auth)
-    else:
+    if kind == "other":
         return error_response(404, "NOT_FOUND", "No such route.", ctx.request_id)
+    try:
+        body = _lookup(request, state, kind, raw_id, auth)
+    except ListingError as exc:
+        return error_response(400, "VALIDATION_ERROR", str(exc), ctx.request_id)
     if body is None:
         # Another org's resource is a 404 too, so existence never leaks.
         return error_response(404, "NOT_FOUND", f"No such {kind} in this org.", ctx.request_id)
+    if distortion is not None:
+        body = _distorted(request, state, kind, body, distortion)
     raw = orjson.dumps(body)
     if kind not in state.etag_kinds:
         return web.Response(body=raw, content_type=JSON)
     etag = etag_of(raw)
-    if etag_matches(request.headers.get("If-None-Match"), etag):
+    # A distorted answer ignores If-None-Match, so the fault shows even to a revalidating client.
+    if distortion is None and etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers={"ETag": etag})
     return web.Response(body=raw, content_type=JSON, headers={"ETag": etag})
 
@@ -224,6 +293,10 @@ async def _misbehave(
         reset_connection(request)
         ctx.answered = False
         return web.Response(status=500)
+    if rule.kind == "stall":
+        await stall(request, state)
+        ctx.answered = False
+        return web.Response(status=500)  # never sent: the connection is closed
     still_connected = await hang(request, state)
     ctx.answered = still_connected
     return error_response(503, "UNAVAILABLE", "Released from a hang.", ctx.request_id)

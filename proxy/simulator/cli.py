@@ -19,12 +19,22 @@ import orjson
 from proxy.simulator.app import running_simulator
 from proxy.simulator.clock import ScaledClock
 from proxy.simulator.demo import seed_demo
+from proxy.simulator.faults import FAULT_KINDS
 from proxy.simulator.requestlog import RequestRecord
 from proxy.simulator.state import DEFAULT_KEY, DEFAULT_RATE_PER_MIN, KeySpec, SimulatorState
+
+FAULTS_HELP = (
+    "Faults are steered over HTTP while it runs: POST /_sim/faults "
+    '{"kind": K, "path_contains": S, "count": N, "probability": P, "status": N, "code": S, '
+    '"latency_ms": N, "retry_after_s": N, "size_bytes": N}, GET to list, DELETE to clear. '
+    f"Kinds: {', '.join(FAULT_KINDS)} (each described in proxy/simulator/faults.py). "
+    "Budget: POST /_sim/budget; request log: GET /_sim/requests."
+)
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add the ``simulate`` options to ``p``."""
+    p.epilog = FAULTS_HELP
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8090, help="port to bind, 0 for any (default 8090)")
     p.add_argument(

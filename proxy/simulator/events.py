@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -100,3 +101,22 @@ def generated_event_data(container: dict[str, Any]) -> dict[str, Any]:
         "projectId": container["projectId"],
         "assets": container["assets"],
     }
+
+
+def events_for(
+    end_wall: float,
+    job: dict[str, Any] | None,
+    record: dict[str, Any] | None,
+    new_id: Callable[[], str],
+) -> list[WebhookEvent]:
+    """The webhook events of a run that ended: its job's (``job`` is its final envelope), and
+    ``content.generated`` when ``record`` (the container, if this is its current run) completed.
+    """
+    events = []
+    if job is not None:
+        event_type, data = terminal_event_data(job)
+        events.append(make_event(new_id(), event_type, end_wall, data))
+    if record is not None and record["status"] == "completed":
+        data = generated_event_data(record)
+        events.append(make_event(new_id(), "content.generated", end_wall, data))
+    return events

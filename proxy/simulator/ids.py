@@ -8,9 +8,16 @@ import re
 import uuid
 
 # The id grammar is the API's contract: the simulator accepts exactly what the proxy validates.
-from proxy.ids import canonical_container_id, canonical_job_id
+from proxy.ids import canonical_container_id, canonical_job_id, canonical_project_id
 
-__all__ = ["canonical_container_id", "canonical_job_id", "key_id_of", "new_uuid", "ulid"]
+__all__ = [
+    "canonical_container_id",
+    "canonical_job_id",
+    "canonical_project_id",
+    "key_id_of",
+    "new_uuid",
+    "ulid",
+]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _KEY_RE = re.compile(r"lp_(?:live|test)_(?P<key_id>[A-Za-z0-9]{16})_[A-Za-z0-9_-]+")

@@ -13,6 +13,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/content/{id}/progress", api_handler("progress"))
     app.router.add_get("/v1/content/{id}", api_handler("container"))
     app.router.add_get("/v1/jobs/{id}", api_handler("job"))
+    app.router.add_get("/v1/projects/{id}/content", api_handler("project_content"))
     app.router.add_get("/v1/whoami", api_handler("whoami"))
     # Anything else under /v1 still authenticates, spends and answers a 404 envelope.
     app.router.add_route("*", "/v1/{tail:.*}", api_handler("other"))

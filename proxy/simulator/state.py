@@ -10,14 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.simulator.budget import BudgetDecision, SlidingWindowBudget
-from proxy.simulator.events import (
-    WebhookConfig,
-    WebhookDelivery,
-    WebhookEvent,
-    generated_event_data,
-    make_event,
-    terminal_event_data,
-)
+from proxy.simulator.events import WebhookConfig, WebhookDelivery, WebhookEvent, events_for
 from proxy.simulator.faults import FaultBook, FaultRule
 from proxy.simulator.ids import (
     canonical_container_id,
@@ -394,25 +387,12 @@ class SimulatorState:
             if now < end + delay:
                 waiting.append(run)
             elif self.webhook is not None:
-                due.extend(self._events_for(run))
+                container = self.containers[run.container_id]
+                due += events_for(
+                    run.started_wall + plan_of(run.script).end_s,
+                    self.job(run.job_id) if run.job_id is not None else None,
+                    self.container(container.id) if run is container.run else None,
+                    lambda: "evt_" + ulid(self.id_rng, self.wall_clock()),
+                )
         self._unannounced = waiting
         return due
-
-    def _events_for(self, run: Run) -> list[WebhookEvent]:
-        container = self.containers[run.container_id]
-        end_wall = run.started_wall + plan_of(run.script).end_s
-        events = []
-        if run.job_id is not None:
-            job = self.job(run.job_id)
-            if job is not None:
-                event_type, data = terminal_event_data(job)
-                events.append(make_event(self._event_id(), event_type, end_wall, data))
-        if run is container.run:
-            record = self.container(container.id)
-            if record is not None and record["status"] == "completed":
-                data = generated_event_data(record)
-                events.append(make_event(self._event_id(), "content.generated", end_wall, data))
-        return events
-
-    def _event_id(self) -> str:
-        return "evt_" + ulid(self.id_rng, self.wall_clock())

@@ -1,5 +1,7 @@
-// The demo page: a grid of <layers-progress> bars and the proxy's counters, refreshed every second.
+// The demo page: a grid of <layers-progress> bars and the proxy's counters, refreshed every
+// second, and the demo project's containers in a <layers-project-progress> list.
 import { watchProgress } from "/static/layers-progress.js";
+import "/static/layers-project-progress.js";
 
 const KINDS = {
   content_generate: "Video",
@@ -82,5 +84,35 @@ async function refresh() {
   }
 }
 
+async function showProject() {
+  try {
+    const { projectId } = await getJson("/demo/api/project");
+    const view = $("project-view");
+    view.setAttribute("label", `Demo project ${projectId}`);
+    view.setAttribute("project-id", projectId);
+  } catch (err) {
+    console.warn("demo: project unavailable", err);
+    setTimeout(showProject, 2000);
+  }
+}
+
+async function startProjectRun() {
+  const button = $("project-run");
+  button.disabled = true;
+  try {
+    const response = await fetch("/demo/api/project/runs", { method: "POST", cache: "no-store" });
+    const data = await response.json();
+    $("project-note").textContent = response.ok
+      ? `Started ${data.started.length} containers; they appear within a few seconds.`
+      : data.error?.message ?? `HTTP ${response.status}`;
+  } catch (err) {
+    $("project-note").textContent = `Could not start a run: ${err.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 $("viewers").addEventListener("change", startExtraViewers);
+$("project-run").addEventListener("click", startProjectRun);
+showProject();
 refresh();

@@ -1,14 +1,28 @@
 /**
- * <layers-progress container-id="cnt_…" token="…" base-url="…" label="…" transport="poll">
+ * <layers-progress container-id="cnt_…" token="…" base-url="…" label="…" transport="poll"
+ *                  share="false">
  *
  * An accessible progress bar for one Layers container, fed by the Layers Progress Proxy.
  * The host element carries data-state = queued | running | completed | failed | canceled | error
  * (absent until the first snapshot) for styling and tests. Elements on one page share one
- * multiplexed stream. Style it with --layers-progress-accent, -done, -failed, -muted, -track.
+ * multiplexed stream, and tabs of one browser showing the same containers share that stream
+ * (share="false" keeps it in this tab). For tokens that expire set the `getToken` property to an
+ * async function returning a fresh token (give elements one function to keep them on one
+ * stream). Style it with --layers-progress-accent, -done, -failed, -muted, -track.
+ *
+ * With the `external` attribute the element watches nothing: its owner feeds it with
+ * `element.update(body)` (a progress body, or `{containerId, error}`) and `element.showError(err)`
+ * — <layers-project-progress> draws its rows so. `live="off"` drops the title's live region (a
+ * list of many bars announces through its own summary instead).
  */
-import { watchProgress } from "./layers-progress-client.js";
+import { LayersProgressError, watchProgress } from "./layers-progress-client.js";
 
-export { LayersProgressError, watchJob, watchProgress } from "./layers-progress-client.js";
+export {
+  LayersProgressError,
+  watchJob,
+  watchProgress,
+  watchProject,
+} from "./layers-progress-client.js";
 
 const ACRONYMS = new Set(["api", "id", "pr", "sdk", "ui", "url"]);
 
@@ -93,9 +107,12 @@ const TEMPLATE = `
 `;
 
 export class LayersProgressElement extends HTMLElement {
-  static observedAttributes = ["container-id", "token", "base-url", "transport", "label"];
+  static observedAttributes = [
+    "container-id", "token", "base-url", "transport", "label", "share", "external", "live",
+  ];
 
   #ui;
+  #getToken = null;
   #watch = null;
   #restartQueued = false;
   #etaEnd = null;
@@ -112,19 +129,67 @@ export class LayersProgressElement extends HTMLElement {
       caption: $(".caption"), title: $(".title"), pct: $(".pct"), bar: $(".track"),
       fill: $(".fill"), detail: $(".detail"), eta: $(".eta"), problem: $(".problem"),
     };
+    // A getToken assigned before this module defined the element sits on the instance: adopt it.
+    if (Object.hasOwn(this, "getToken")) {
+      const fn = this.getToken;
+      delete this.getToken;
+      this.#getToken = typeof fn === "function" ? fn : null;
+    }
+  }
+
+  /** An async function returning a fresh capability token (refreshed before each expires). */
+  get getToken() {
+    return this.#getToken;
+  }
+
+  set getToken(fn) {
+    this.#getToken = typeof fn === "function" ? fn : null;
+    if (this.isConnected && !this.#external()) this.#restart();
   }
 
   connectedCallback() {
-    this.#restart();
+    // A fed element keeps what it shows when its owner moves it (a list reordering its rows).
+    if (this.#external()) this.#resumeEta();
+    else this.#restart();
   }
 
   disconnectedCallback() {
-    this.#stop();
+    if (this.#external()) this.#pauseEta();
+    else this.#stop();
   }
 
   attributeChangedCallback(name) {
     if (name === "label") this.#showCaption();
+    else if (name === "live") this.#showLive();
+    else if (this.#external() && name !== "external") return; // nothing to watch
     else if (this.isConnected) this.#restart();
+  }
+
+  /** Show ``body`` (a progress body, or `{containerId, error}`): for `external` elements. */
+  update(body) {
+    if (!body || typeof body !== "object") return;
+    if (body.error && !body.status) {
+      const e = body.error;
+      this.snapshot = body;
+      this.#renderError(new LayersProgressError(e.message ?? "Error", { ...e, terminal: true }));
+    } else {
+      this.#render(body);
+    }
+  }
+
+  /** Show ``err`` (a LayersProgressError; a non-terminal one only notes the trouble). */
+  showError(err) {
+    this.#renderError(err);
+  }
+
+  #external() {
+    return this.hasAttribute("external");
+  }
+
+  #showLive() {
+    const title = this.#ui.title;
+    if (this.getAttribute("live") === "off") title.removeAttribute("role");
+    else title.setAttribute("role", "status");
   }
 
   #restart() {
@@ -136,9 +201,11 @@ export class LayersProgressElement extends HTMLElement {
       this.#stop();
       this.#reset();
       const id = this.getAttribute("container-id");
-      if (!this.isConnected || !id) return;
+      if (!this.isConnected || !id || this.#external()) return;
       this.#watch = watchProgress(id, {
         token: this.getAttribute("token") || undefined,
+        getToken: this.#getToken ?? undefined,
+        share: this.getAttribute("share") !== "false",
         baseUrl: this.getAttribute("base-url") || location.origin,
         transport: this.getAttribute("transport") || "auto",
         shared: true,
@@ -214,7 +281,15 @@ export class LayersProgressElement extends HTMLElement {
     this.dataset.state = "error";
     this.#setEta(null);
     const notFound = err.status === 404 || err.code === "NOT_FOUND";
-    this.#ui.title.textContent = notFound ? "Not found" : "Unavailable";
+    const expired = String(err.code ?? "").startsWith("TOKEN_");
+    const refused = err.status === 401 || err.code === "UNAUTHENTICATED";
+    this.#ui.title.textContent = notFound
+      ? "Not found"
+      : expired
+        ? "Access expired"
+        : refused
+          ? "Not authorized"
+          : "Unavailable";
     this.#ui.detail.textContent = "";
     this.#showProblem(err);
     this.#setValue(Number(this.#ui.bar.getAttribute("aria-valuenow")), [
@@ -236,10 +311,18 @@ export class LayersProgressElement extends HTMLElement {
   }
 
   #setEta(seconds) {
-    clearInterval(this.#etaTimer);
-    this.#etaTimer = null;
     this.#etaEnd = typeof seconds === "number" ? Date.now() + seconds * 1000 : null;
     this.#ui.eta.hidden = this.#etaEnd === null;
+    this.#resumeEta();
+  }
+
+  #pauseEta() {
+    clearInterval(this.#etaTimer);
+    this.#etaTimer = null;
+  }
+
+  #resumeEta() {
+    this.#pauseEta();
     if (this.#etaEnd === null) return;
     this.#tickEta();
     this.#etaTimer = setInterval(() => this.#tickEta(), 1000);

@@ -147,29 +147,86 @@ def _python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_redis(port: int | None = None) -> ManagedProcess:
-    """A private redis-server (no persistence) on a free port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+REDIS_READY = "Ready to accept connections"
+
+
+def start_redis(
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    password: str | None = None,
+    workdir: str | None = None,
+    extra_args: Sequence[str] = (),
+    name: str = "redis",
+    ready: str = REDIS_READY,
+) -> ManagedProcess:
+    """A private redis-server on ``port`` (a free one by default).
+
+    No persistence by default, so a restart comes back empty. ``persistent`` turns on the
+    append-only file with an fsync per write (``--appendonly yes --appendfsync always``), so a
+    restart on the same ``workdir`` (see ``restart_redis``) comes back with every acknowledged
+    write, even after SIGKILL. ``password`` sets ``requirepass``. ``extra_args`` go last (a
+    replica's ``--replicaof``, a cluster node's options); ``ready`` is the line to wait for.
+    """
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="lp-redis-")
+    workdir = workdir or tempfile.mkdtemp(prefix="lp-redis-")
     argv = [
-        binary,
+        redis_binary(),
         "--port",
         str(port),
         "--bind",
         "127.0.0.1",
         "--save",
         "",
-        "--appendonly",
-        "no",
         "--dir",
         workdir,
         "--loglevel",
         "notice",
     ]
-    return ManagedProcess("redis", argv, _python_env(), port).start("Ready to accept connections")
+    if persistent:
+        argv += ["--appendonly", "yes", "--appendfsync", "always"]
+    else:
+        argv += ["--appendonly", "no"]
+    if password:
+        argv += ["--requirepass", password]
+    argv += extra_args
+    return ManagedProcess(name, argv, _python_env(), port).start(ready)
+
+
+def redis_binary() -> str:
+    """The redis-server executable, or a clear error naming the package."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return binary
+
+
+def redis_workdir(proc: ManagedProcess) -> Path:
+    """The ``--dir`` a redis-server from ``start_redis`` keeps its files in."""
+    return Path(proc.argv[proc.argv.index("--dir") + 1])
+
+
+def restart_redis(old: ManagedProcess, timeout_s: float = 20.0) -> ManagedProcess:
+    """Start redis-server again with ``old``'s options: same port, same directory.
+
+    ``old`` is killed first if it still runs. Without persistence the new server is empty;
+    with ``persistent=True`` it loads the append-only file the old one wrote.
+    """
+    if old.proc is not None and old.proc.poll() is None:
+        old.kill()
+    proc = ManagedProcess(old.name, list(old.argv), dict(old.env), old.port)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        # The port is normally free at once (redis-server binds with SO_REUSEADDR); retry
+        # briefly in case the old process is still releasing it.
+        try:
+            return proc.start(REDIS_READY, timeout_s=max(1.0, deadline - time.monotonic()))
+        except RuntimeError:
+            proc.kill()  # reaps it and closes its pipe
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+            proc = ManagedProcess(old.name, list(old.argv), dict(old.env), old.port)
 
 
 def start_simulator(
@@ -193,6 +250,25 @@ def start_proxy(
     full_env = _python_env({"PROXY_PORT": str(port), **env})
     argv = [sys.executable, "-m", "proxy", "serve", *args]
     return ManagedProcess(name, argv, full_env, port).start("proxy listening on")
+
+
+def proxy_process(
+    env: Mapping[str, str],
+    port: int | None = None,
+    args: Sequence[str] = (),
+    name: str = "proxy",
+) -> ManagedProcess:
+    """Like ``start_proxy`` but not started yet: call ``.start(PROXY_READY)``.
+
+    For callers that must be able to stop the process even when it never becomes ready.
+    """
+    port = port or free_port()
+    full_env = _python_env({"PROXY_PORT": str(port), **env})
+    argv = [sys.executable, "-m", "proxy", "serve", *args]
+    return ManagedProcess(name, argv, full_env, port)
+
+
+PROXY_READY = "proxy listening on"
 
 
 def write_config(text: str) -> Path:

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
-from redis.asyncio import Redis
 
 from proxy.clock import Clock, SystemClock
 from proxy.logs import scrubber
@@ -23,23 +21,27 @@ from proxy.services.interest import InterestTracker
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
 from proxy.services.subscriber import SnapshotSubscriber
-from proxy.services.tenant_limits import TenantLimits
 from proxy.services.watching import Watching
 from proxy.settings import Settings
-from proxy.store.connect import make_clients
+from proxy.store.connect import RedisClients, make_clients, redis_address
+from proxy.store.health import RedisHealth
+from proxy.store.packing import use_hiredis_packing
 from proxy.store.redis_store import BudgetPolicy, RedisStore
-from proxy.upstream.client import AiohttpTransport, Transport, UpstreamClient
+from proxy.streaming.hub import StreamHub
+from proxy.tasks import spawn
+from proxy.tenancy.access import Access
+from proxy.tenancy.limits import TenantLimits
+from proxy.tenancy.ownership import OwnershipCheck
+from proxy.upstream.client import Transport, UpstreamClient
 from proxy.web import keys
-from proxy.web.access import Access
 from proxy.web.cors import setup_cors
-from proxy.web.middlewares import make_edge_middleware
+from proxy.web.metrics_routes import build_registry, install_metrics, publish_group_metrics
 from proxy.web.routes import setup_routes
-from proxy.web.streams import StreamHub
 
 log = structlog.get_logger("proxy.app")
 
 _UPSTREAM: web.AppKey[UpstreamClient] = web.AppKey("upstream")
-_REDIS_CLIENTS: web.AppKey[tuple[Redis, Redis]] = web.AppKey("redis_clients")
+_REDIS_CLIENTS: web.AppKey[RedisClients] = web.AppKey("redis_clients")
 _SUBSCRIBER: web.AppKey[SnapshotSubscriber] = web.AppKey("subscriber")
 
 
@@ -48,14 +50,17 @@ def create_app(
     *,
     clock: Clock | None = None,
     transport: Transport | None = None,
-    redis_clients: tuple[Redis, Redis] | None = None,
+    redis_clients: RedisClients | None = None,
 ) -> web.Application:
     """The proxy application. ``transport`` and ``redis_clients`` are seams for tests."""
-    app = web.Application(middlewares=[make_edge_middleware(settings)], client_max_size=256 * 1024)
+    # No middleware: the edge (request ids, limits, error envelopes) is the server's request
+    # handler (``proxy.web.middlewares.guard_handler``), one frame per request instead of three.
+    app = web.Application(client_max_size=256 * 1024)
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.STATS] = Stats()
     app[keys.ACCESS] = Access(settings)
+    install_metrics(app)
     scrubber().add(settings.layers_api_key.reveal())
     scrubber().add(settings.admin_token.reveal())
     for part in settings.webhook_secret.reveal().split(","):  # several during a rotation
@@ -66,6 +71,7 @@ def create_app(
             settings.redis_url, timeout_s=settings.redis_timeout_s
         )
         app[_REDIS_CLIENTS] = clients
+        use_hiredis_packing(clients[0])  # the commands client: every poll's round trips
         app[keys.STORE] = RedisStore(
             clients[0],
             owner=settings.replica_id,
@@ -77,6 +83,8 @@ def create_app(
             budget=BudgetPolicy.per_minute(
                 settings.budget_per_min, burst=max(1, int(settings.budget_per_min // 20))
             ),
+            timeout_s=settings.redis_timeout_s,
+            health=RedisHealth(redis_address(settings.redis_url)),
         )
         yield
         if redis_clients is None:
@@ -84,16 +92,8 @@ def create_app(
                 await client.aclose()
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[_UPSTREAM] = UpstreamClient(
-            base_url=settings.layers_api_url,
-            api_key=settings.layers_api_key,
-            transport=transport
-            or AiohttpTransport(
-                max_connections=settings.upstream_max_connections,
-                connect_timeout_s=settings.upstream_connect_timeout_s,
-            ),
-            timeout_s=settings.upstream_timeout_s,
-            wall_clock=app[keys.CLOCK].wall,
+        app[_UPSTREAM] = UpstreamClient.from_settings(
+            settings, wall_clock=app[keys.CLOCK].wall, transport=transport
         )
         yield
         await app[_UPSTREAM].close()
@@ -101,6 +101,7 @@ def create_app(
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         clock, stats, store = app[keys.CLOCK], app[keys.STATS], app[keys.STORE]
         cache = SnapshotCache()
+        census = Census(store=store, settings=settings, clock=clock)
         scheduler = Scheduler(
             store=store,
             upstream=app[_UPSTREAM],
@@ -108,20 +109,32 @@ def create_app(
             settings=settings,
             clock=clock,
             stats=stats,
+            census=census,
+            metrics=app[keys.METRICS],
         )
+        limits = app[keys.LIMITS] = TenantLimits(store=store, settings=settings, clock=clock)
+        # One round trip per flush writes the interest, the census and the tenant limits' sets.
         interest = InterestTracker(
-            store=store, scheduler=scheduler, cache=cache, settings=settings, clock=clock
+            store=store,
+            leases=scheduler.leases,
+            cache=cache,
+            settings=settings,
+            clock=clock,
+            census=census,
+            limits=limits,
         )
-        census = Census(store=store, settings=settings, clock=clock)
-        scheduler.census = census
         census.on_change.append(scheduler.reschedule_earlier)
-        interest.census = census
         app[keys.CENSUS] = census
         subscriber = SnapshotSubscriber(
-            pubsub_redis=app[_REDIS_CLIENTS][1], store=store, cache=cache, on_poke=scheduler.poke
+            pubsub_redis=app[_REDIS_CLIENTS][1],
+            store=store,
+            cache=cache,
+            on_poke=scheduler.poke,
+            # Pokes must reach a lease holder even when it has nothing cached (Cluster mode).
+            extra_keys=scheduler.owned_keys,
         )
         app[keys.SCHEDULER] = scheduler
-        app[keys.LIMITS] = TenantLimits(store=store, settings=settings, clock=clock)
+        # Token expiries on the wall clock Access verifies tokens with (its default, time.time).
         hub = app[keys.STREAM_HUB] = StreamHub(settings.sse_heartbeat_s)
         app[_SUBSCRIBER] = subscriber
         app[keys.WATCHING] = Watching(
@@ -133,14 +146,18 @@ def create_app(
             clock=clock,
             stats=stats,
         )
+        app[keys.ACCESS].owners = OwnershipCheck(app[keys.WATCHING])
+        build_registry(app)
         tasks = [
-            _spawn(scheduler.run(), "scheduler"),
-            _spawn(scheduler.renew_forever(), "lease-renewal"),
-            _spawn(interest.run(), "interest-flush"),
-            _spawn(census.run(), "census"),
-            _spawn(hub.run(), "stream-heartbeats"),
-            _spawn(subscriber.listen_forever(), "subscriber"),
-            _spawn(subscriber.refresh_forever(), "subscriber-refresh"),
+            spawn(store.probe_forever(), "redis-probe"),
+            spawn(publish_group_metrics(app), "group-metrics"),
+            spawn(scheduler.run(), "scheduler"),
+            spawn(scheduler.renew_forever(), "lease-renewal"),
+            spawn(interest.run(), "interest-flush"),
+            spawn(census.run(), "census"),
+            spawn(hub.run(), "stream-heartbeats"),
+            spawn(subscriber.listen_forever(), "subscriber"),
+            spawn(subscriber.refresh_forever(), "subscriber-refresh"),
         ]
         # Serve only once snapshots published by other replicas can reach us.
         with contextlib.suppress(TimeoutError):
@@ -151,7 +168,7 @@ def create_app(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await app[keys.LIMITS].aclose()
+        await limits.aclose()
         await scheduler.shutdown()
         log.info("proxy_stopped", replica=settings.replica_id)
 
@@ -161,14 +178,3 @@ def create_app(
     setup_routes(app)
     setup_cors(app, settings)  # after the routes: preflight route + prepare hook, token mode only
     return app
-
-
-def _spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-    task = asyncio.create_task(coro, name=name)
-
-    def _done(t: asyncio.Task[None]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            log.error("background_task_died", task=name, error=type(t.exception()).__name__)
-
-    task.add_done_callback(_done)
-    return task

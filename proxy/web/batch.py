@@ -12,13 +12,14 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.errors import InvalidRequest, ProxyError, error_object
+from proxy.request_ids import next_request_id
 from proxy.resources import PROGRESS, ResourceRef
+from proxy.services.watching import Watching
 from proxy.snapshot import Snapshot, etag_for
 from proxy.web import keys
 from proxy.web.handlers import servable
 from proxy.web.headers import etag_matches
-from proxy.web.request_ids import next_request_id
 from proxy.web.streams import parse_id_list
 
 
@@ -26,12 +27,7 @@ def _error_item(raw_id: str, exc: ProxyError) -> bytes:
     return orjson.dumps(
         {
             "containerId": raw_id,
-            "error": {
-                "code": exc.code,
-                "message": exc.message,
-                "requestId": next_request_id(),
-                "details": exc.details,
-            },
+            "error": error_object(exc.code, exc.message, next_request_id(), exc.details),
         }
     )
 
@@ -52,25 +48,36 @@ async def get_progress_batch(request: web.Request) -> web.StreamResponse:
     stats.client_requests += 1
     stats.tenant_requests[caller.tenant_id] += 1
 
-    refs: list[ResourceRef | ProxyError] = []
-    for raw_id in ids:
+    async def permitted(raw_id: str) -> ResourceRef | ProxyError:
         try:
-            ref = access.resource(caller, PROGRESS, raw_id)
+            ref = await access.permit(caller, PROGRESS, raw_id)
             limits.watch(caller, ref)
-            refs.append(ref)
         except ProxyError as exc:
-            refs.append(exc)
+            return exc
+        return ref
+
+    # Owner lookups (a tenant restricted to projects) run side by side, not one per id.
+    refs = await asyncio.gather(*(permitted(raw_id) for raw_id in ids))
+
+    items = await collect_items(watching, caller.tenant_id, list(zip(ids, refs, strict=True)))
+    return items_response(request, b'{"items":[' + b",".join(items) + b"]}")
+
+
+async def collect_items(
+    watching: Watching, tenant: str, wanted: list[tuple[str, ResourceRef | ProxyError]]
+) -> list[bytes]:
+    """Each container's progress body, or its error item, in the order asked (fetched together)."""
 
     async def one(ref: ResourceRef) -> Snapshot:
-        snap, _ = await watching.snapshot(ref, caller.tenant_id)
+        snap, _ = await watching.snapshot(ref, tenant)
         return servable(snap, ref)
 
     results = await asyncio.gather(
-        *(one(r) for r in refs if isinstance(r, ResourceRef)), return_exceptions=True
+        *(one(r) for _, r in wanted if isinstance(r, ResourceRef)), return_exceptions=True
     )
     parts: list[bytes] = []
     fetched = iter(results)
-    for raw_id, item in zip(ids, refs, strict=True):
+    for raw_id, item in wanted:
         if isinstance(item, ProxyError):
             parts.append(_error_item(raw_id, item))
             continue
@@ -81,7 +88,11 @@ async def get_progress_batch(request: web.Request) -> web.StreamResponse:
             raise res
         else:
             parts.append(res.body)
-    body = b'{"items":[' + b",".join(parts) + b"]}"
+    return parts
+
+
+def items_response(request: web.Request, body: bytes) -> web.Response:
+    """A JSON answer with an ETag of its bytes; 304 when the client has it."""
     etag = etag_for(body)
     headers = {
         "ETag": etag,
@@ -89,6 +100,6 @@ async def get_progress_batch(request: web.Request) -> web.StreamResponse:
         "X-Request-Id": request[keys.REQUEST_ID],
     }
     if etag_matches(request.headers.get("If-None-Match"), etag):
-        stats.not_modified += 1
+        request.app[keys.STATS].not_modified += 1
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, content_type="application/json", headers=headers)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.errors import NotFound
 from proxy.resources import JOB, PROGRESS, ResourceKind, ResourceRef
 from proxy.services.watching import HIT, raise_for_error_only
 from proxy.snapshot import Snapshot
+from proxy.tenancy.access import Caller
+from proxy.tenancy.ownership import not_found
 from proxy.web import keys
 from proxy.web.headers import etag_matches, prefer_wait_s
 from proxy.web.responses import snapshot_response
-
-
-def not_found(ref: ResourceRef) -> NotFound:
-    """The one 404 for "no such resource" and "not yours" alike, so nothing leaks."""
-    return NotFound(f"{ref.kind.id_field} {ref.id} was not found.")
 
 
 def servable(snap: Snapshot, ref: ResourceRef) -> Snapshot:
@@ -26,18 +22,34 @@ def servable(snap: Snapshot, ref: ResourceRef) -> Snapshot:
     return snap
 
 
-async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.StreamResponse:
+async def admit_watcher(
+    request: web.Request, kind: ResourceKind, raw_id: str, caller: Caller | None = None
+) -> tuple[Caller, ResourceRef]:
+    """The caller (``caller``, or the request's) and the resource it may watch, counted.
+
+    400 when the id is malformed, 404 when the resource is not the caller's, 429 over the
+    tenant's limits; then the tenant is noted as watching it and the request is counted.
+    """
     app = request.app
-    settings, watching, stats = app[keys.SETTINGS], app[keys.WATCHING], app[keys.STATS]
-    access = app[keys.ACCESS]
-    caller = access.caller(request)
+    access, stats = app[keys.ACCESS], app[keys.STATS]
+    if caller is None:
+        caller = access.caller(request)
     ref = access.resource(caller, kind, raw_id)
     if caller.grant is not None:  # open mode has no tenant limits: skip the calls entirely
         limits = app[keys.LIMITS]
         await limits.admit(caller)
+        if caller.checks_owner:  # before anything about the resource is fetched or counted
+            await access.verify_owner(caller, ref)
         limits.watch(caller, ref)
     stats.client_requests += 1
     stats.tenant_requests[caller.tenant_id] += 1
+    return caller, ref
+
+
+async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.StreamResponse:
+    app = request.app
+    settings, watching, stats = app[keys.SETTINGS], app[keys.WATCHING], app[keys.STATS]
+    caller, ref = await admit_watcher(request, kind, raw_id)
     cached = watching.hit(ref, caller.tenant_id)
     if cached is not None:
         snap, how = cached, HIT

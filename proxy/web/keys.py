@@ -7,17 +7,20 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.clock import Clock
+from proxy.metrics import Metrics
 from proxy.services.stats import Stats
 from proxy.settings import Settings
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from proxy.services.census import Census
     from proxy.services.scheduler import Scheduler
-    from proxy.services.tenant_limits import TenantLimits
     from proxy.services.watching import Watching
     from proxy.store.redis_store import RedisStore
-    from proxy.web.access import Access
-    from proxy.web.streams import StreamHub
+    from proxy.streaming.hub import StreamHub
+    from proxy.tenancy.access import Access
+    from proxy.tenancy.limits import TenantLimits
 
 REQUEST_ID = web.RequestKey("request_id", str)
 SETTINGS = web.AppKey("settings", Settings)
@@ -30,3 +33,5 @@ ACCESS: web.AppKey[Access] = web.AppKey("access")
 LIMITS: web.AppKey[TenantLimits] = web.AppKey("limits")
 CENSUS: web.AppKey[Census] = web.AppKey("census")
 STREAM_HUB: web.AppKey[StreamHub] = web.AppKey("stream_hub")
+METRICS = web.AppKey("metrics", Metrics)
+METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 
 import orjson
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from proxy.errors import Unauthenticated
 from proxy.store.connect import is_embedded
+from proxy.store.errors import StoreError
 from proxy.web import keys
 
 
@@ -19,22 +20,36 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when Redis answers and the upstream has not rejected the key; 503 with reasons."""
+    """200 when Redis answers and the upstream has not rejected the key; 503 with reasons.
+
+    ``upstream`` reports this replica's last upstream answer, refreshed on every poll; it does
+    not decide readiness (stale data is still served while Layers fails).
+    """
     app = request.app
-    store, settings = app[keys.STORE], app[keys.SETTINGS]
+    store, settings, scheduler = app[keys.STORE], app[keys.SETTINGS], app[keys.SCHEDULER]
     checks: dict[str, str] = {}
-    try:
-        await store.ping()
-        checks["redis"] = "embedded" if is_embedded(settings.redis_url) else "ok"
-        key_state = await store.key_state()
-    except (RedisError, OSError) as exc:
-        checks["redis"] = f"unreachable ({type(exc).__name__})"
-        key_state = ""
-    local_rejection = app[keys.SCHEDULER].key_rejected
+    key_state = ""
+    if is_embedded(settings.redis_url):
+        checks["redis"] = "embedded"
+    elif not store.health.up:
+        checks["redis"] = store.health.describe()  # the probe is already on it: answer at once
+    else:
+        try:
+            await store.ping()
+            checks["redis"] = "ok"
+        except StoreError:
+            checks["redis"] = store.health.describe()
+    if checks["redis"] in ("ok", "embedded"):
+        with contextlib.suppress(StoreError):
+            key_state = await store.key_state()
+    local_rejection = scheduler.key_rejected
     if local_rejection or key_state.startswith("rejected"):
         checks["upstream_key"] = local_rejection or key_state
+    elif key_state == "ok" or scheduler.key_accepted_here:
+        checks["upstream_key"] = "ok"
     else:
-        checks["upstream_key"] = "ok" if key_state == "ok" else "not yet checked"
+        checks["upstream_key"] = "not yet checked"
+    checks["upstream"] = scheduler.upstream_summary()
     ready = checks["redis"] in ("ok", "embedded") and not checks["upstream_key"].startswith(
         ("rejected", "upstream rejected")
     )
@@ -42,6 +57,7 @@ async def readyz(request: web.Request) -> web.Response:
         status=200 if ready else 503,
         body=orjson.dumps({"status": "ready" if ready else "not ready", "checks": checks}),
         content_type="application/json",
+        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -50,7 +66,9 @@ def require_admin(request: web.Request) -> None:
     token = request.app[keys.SETTINGS].admin_token
     given = request.headers.get("Authorization", "")
     expected = "Bearer " + token.reveal() if token else ""
-    if not token or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not token or not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode()
+    ):
         raise Unauthenticated(
             "The admin endpoint needs 'Authorization: Bearer <PROXY_ADMIN_TOKEN>'."
         )

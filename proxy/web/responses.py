@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.cadence import poll_interval_s
+from proxy.cadence import snapshot_interval_s
 from proxy.errors import ProxyError, envelope
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot
@@ -57,9 +57,27 @@ def age_s(snap: Snapshot, now_ms: int) -> int:
 
 def poll_hint_ms(snap: Snapshot, settings: Settings) -> int:
     """How often a polling client should come back (the cadence the proxy itself follows)."""
-    elapsed = max(0.0, (snap.fetched_ms - snap.stage_since_ms) / 1000)
-    interval = poll_interval_s(snap.status, elapsed, settings.cadence)
+    interval = snapshot_interval_s(snap, settings.cadence)
     return int((interval or settings.slow_interval_s) * 1000)
+
+
+# How long a shared cache in front (a CDN, an nginx microcache) may serve a stale answer while
+# this proxy cannot be reached.
+STALE_IF_ERROR_S = 60
+
+
+def cache_control(snap: Snapshot, hint_ms: int, settings: Settings) -> str:
+    """Open mode lets a shared cache keep a good answer for one cadence interval.
+
+    The cache counts the ``Age`` we send against ``max-age``, so it refreshes when the proxy
+    polls upstream next; its refreshes keep the resource watched here, so coalescing and
+    interest are unchanged. Token answers differ per caller and errors must not stick: those
+    stay ``no-cache``.
+    """
+    if settings.auth_mode != "none" or snap.status_code not in (0, 200) or not snap.has_body:
+        return "no-cache"
+    max_age = max(1, hint_ms // 1000)
+    return f"max-age={max_age}, stale-while-revalidate={max_age}, stale-if-error={STALE_IF_ERROR_S}"
 
 
 # The headers of a snapshot that do not change between requests, built once per snapshot (the
@@ -74,10 +92,11 @@ def _fixed_headers(snap: Snapshot, settings: Settings) -> dict[str, str]:
     entry = _FIXED.get(snap.key)
     if entry is not None and entry[0] is snap:
         return entry[1]
+    hint_ms = poll_hint_ms(snap, settings)
     fixed = {
         "ETag": snap.etag,
-        "Cache-Control": "no-cache",
-        "X-Poll-Interval-Ms": str(poll_hint_ms(snap, settings)),
+        "Cache-Control": cache_control(snap, hint_ms, settings),
+        "X-Poll-Interval-Ms": str(hint_ms),
     }
     if len(_FIXED) >= _FIXED_MAX:
         _FIXED.clear()

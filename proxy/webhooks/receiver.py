@@ -1,9 +1,10 @@
 """``POST /v1/webhooks/layers``: verify, deduplicate across replicas, answer 202, refresh after.
 
-Order of checks: secret configured (503), body size (413), signature (401), event id and body
-(400), then ``SET NX`` on the event id in Redis (a replayed id answers 409 ``CONFLICT``). Only
-a new event reaches the background refresh, which pokes the resource's poller through
-``Watching.refresh_now``; the poller writes the new snapshot through the normal fenced path.
+Order of checks: secret configured (404 otherwise), body size (413), signature (401), event id
+and body (400), then ``SET NX`` on the event id in Redis (a replayed id answers 409
+``CONFLICT``). Only a new event reaches the background refresh, which pokes the resource's
+poller through ``Watching.refresh_now``; the poller writes the new snapshot through the normal
+fenced path.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ from typing import Any, Protocol
 import orjson
 import structlog
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from proxy.errors import Conflict, InvalidRequest, PayloadTooLarge, Unauthenticated, Unavailable
+from proxy.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 from proxy.resources import ResourceRef
-from proxy.store import keys as store_keys
+from proxy.store.errors import StoreError
 from proxy.store.redis_store import RedisStore
 from proxy.web import keys
 from proxy.webhooks.events import Event, InvalidEvent, is_event_id, parse_event
@@ -96,7 +103,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
     app = request.app
     secrets = parse_secrets(app[keys.SETTINGS].webhook_secret.reveal())
     if not secrets:
-        raise Unavailable(
+        # 404, not 5xx: nothing is wrong with the proxy, the endpoint is simply not there.
+        raise NotFound(
             "Layers webhooks are not enabled on this proxy: set LAYERS_WEBHOOK_SECRET to the "
             "endpoint's signing secret and restart."
         )
@@ -113,13 +121,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     app[keys.STATS].webhooks_received += 1
     store = app[keys.STORE]
     try:
-        fresh = await store.redis.set(
-            store_keys.WEBHOOK_SEEN_PREFIX + event.id,
-            app[keys.SETTINGS].replica_id or "1",
-            nx=True,
-            px=store_keys.WEBHOOK_SEEN_TTL_MS,
-        )
-    except (RedisError, OSError) as exc:
+        # Through the store: bounded, health-recorded, refused at once while Redis is down.
+        fresh = await store.mark_event_seen(event.id, app[keys.SETTINGS].replica_id or "1")
+    except (StoreError, OSError) as exc:
         # Nothing was done, so a retry from Layers is safe and is what we want.
         log.warning("webhook_dedupe_failed", event_id=event.id, error=type(exc).__name__)
         raise Unavailable("The proxy cannot reach Redis to record this event; retry.") from None
@@ -155,7 +159,7 @@ async def refresh_for(event: Event, refresher: Refresher, store: RedisStore) -> 
                 continue
             await refresher.refresh_now(ref)
             log.info("webhook_refresh", event_id=event.id, type=event.type, key=ref.key)
-        except (RedisError, OSError) as exc:
+        except (StoreError, OSError) as exc:
             # Polling still delivers the change, just later.
             log.warning("webhook_refresh_failed", event_id=event.id, error=type(exc).__name__)
         except Exception:
@@ -168,7 +172,7 @@ async def skip_reason(store: RedisStore, ref: ResourceRef, created_ms: int | Non
     Webhooks cover every job of the org, most of which nobody watches through the proxy; and a
     poll may already have seen the end (Layers' dispatcher lags by up to a minute).
     """
-    if not await store.redis.exists(store_keys.watch(ref.key)):
+    if not await store.is_watched(ref.key):
         return "unwatched"
     snap = await store.read(ref.key)
     if snap is None or not snap.terminal or snap.status_code != 200:

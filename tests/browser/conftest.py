@@ -29,8 +29,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
+# Set by scripts/screenshot: where the demo test also writes its screenshot (docs/demo.png).
+DEMO_PNG_ENV = "LAYERS_DEMO_PNG"
 
 
 def call(url: str, body: Any = None) -> Any:
@@ -139,10 +139,8 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, errors
 
 
-def save_screenshot(page: Page, name: str, *copies: Path) -> Path:
-    """Save a screenshot under test-artifacts/ (and byte-identical copies elsewhere)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
+def save_screenshot(page: Page, path: Path, *copies: Path) -> Path:
+    """Save a full-page screenshot at ``path`` (and byte-identical copies elsewhere)."""
     png = page.screenshot(path=str(path), full_page=True)
     for copy in copies:
         copy.parent.mkdir(parents=True, exist_ok=True)

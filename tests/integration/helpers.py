@@ -20,6 +20,7 @@ class Seen:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     last_request_at: float = 0.0
+    terminal_seen_wall: float | None = None  # time.time() when the terminal body arrived
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -51,6 +52,7 @@ async def poll_until_terminal(
                 body = await resp.json()
                 seen.bodies.append(body)
                 if body.get("status") in TERMINAL:
+                    seen.terminal_seen_wall = time.time()
                     return seen
         await asyncio.sleep(every_s)
     return seen
@@ -62,7 +64,7 @@ def gaps(times: list[float]) -> list[float]:
 
 
 async def wait_until(predicate: Any, timeout_s: float, step_s: float = 0.05) -> bool:
-    """Poll a condition (used only for external processes, which have no clock to inject)."""
+    """Poll a condition that no injected clock can bring about (other processes, real I/O)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         if predicate():

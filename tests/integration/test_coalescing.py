@@ -26,28 +26,34 @@ async def test_hundreds_of_clients_on_three_replicas_make_one_poll_loop(
     ]
     started = time.monotonic()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        tasks = [
-            poll_until_terminal(
-                session,
-                f"{replicas[i % 3].url}/v1/content/{cid}/progress",
-                every_s=0.5,
-                deadline_s=30,
-                jitter_s=0.5,
-            )
+        urls = [
+            f"{replicas[i % 3].url}/v1/content/{cid}/progress"
             for i in range(150)
             for cid, _ in containers
+        ]
+        tasks = [
+            poll_until_terminal(session, url, every_s=0.5, deadline_s=30, jitter_s=0.5)
+            for url in urls
         ]
         results = await asyncio.gather(*tasks)
     duration = time.monotonic() - started
     assert all(r.final is not None and r.final["status"] in TERMINAL for r in results)
     for cid, _ in containers:
-        times = [r["t_mono"] for r in sim.requests(cid) if r["kind"] == "progress"]
+        log = [r for r in sim.requests(cid) if r["kind"] == "progress"]
+        times = [r["t_mono"] for r in log]
         # Cadence: every 2 s (plus the cold fetch); never closer than the 1 s floor.
         assert len(times) <= duration / 2 + 2, times
         assert min(gaps(times)) >= 0.95, gaps(times)
-        # No request after the terminal answer.
-        terminal_at = times[-1]
-        assert all(t <= terminal_at for t in times)
+        # No upstream poll after the first client saw the terminal answer (the simulator logs
+        # wall time, the clients note it when the terminal body arrives).
+        cid_url = f"/v1/content/{cid}/progress"
+        first_terminal = min(
+            r.terminal_seen_wall
+            for r, url in zip(results, urls, strict=True)
+            if url.endswith(cid_url) and r.terminal_seen_wall is not None
+        )
+        late = [r["t_wall"] for r in log if r["t_wall"] > first_terminal]
+        assert not late, (first_terminal, late)
     client_requests = sum(len(r.statuses) for r in results)
     upstream = sum(len(sim.requests(cid)) for cid, _ in containers)
     assert client_requests > 20 * upstream
@@ -71,7 +77,12 @@ async def test_cold_burst_on_several_replicas_is_one_upstream_request(
         answers = await asyncio.gather(*(one(i) for i in range(500)))
     assert {status for status, _ in answers} == {200}
     assert len(sim.requests(cid)) == 1
-    assert sum("collapsed" in cs for _, cs in answers) >= 400
+    # At most one answer made the request (none when a replica's interest flush took the lease
+    # before any cold request did, which happens under load); every other one waited for it or
+    # found its result stored. Only the one upstream fetch is counted exactly.
+    assert sum("stored" in cs for _, cs in answers) <= 1
+    assert all("collapsed" in cs or cs.endswith("; hit") or "stored" in cs for _, cs in answers)
+    assert any("collapsed" in cs for _, cs in answers)
 
 
 @pytest.mark.timeout(40)
@@ -85,6 +96,8 @@ async def test_polling_stops_after_the_linger(sim: Sim, proxies: ProxyFactory) -
                 assert resp.status == 200
             await asyncio.sleep(1)
         last_client = time.monotonic()
+    # A window anchored to the last client: polling must stop within the 4 s linger, so
+    # nothing may reach the upstream in it after that.
     await asyncio.sleep(9)
     times = [r["t_mono"] for r in sim.requests(cid)]
     assert times[-1] <= last_client + 4.0, (times, last_client)
@@ -108,7 +121,13 @@ async def test_terminal_costs_nothing_and_is_revalidated_once_later(
                 assert resp.status == 200
             await asyncio.sleep(0.5)
         assert len(sim.requests(cid)) == after_terminal
-        await asyncio.sleep(3)  # past the revalidation age
+        # Past the revalidation age a client's request makes one upstream request: keep
+        # watching until it has come, then 3 s more, in which no second one may follow.
+        deadline = time.monotonic() + 20
+        while len(sim.requests(cid)) == after_terminal and time.monotonic() < deadline:
+            async with session.get(url) as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.5)
         for _ in range(6):
             async with session.get(url) as resp:
                 assert resp.status == 200

@@ -25,6 +25,11 @@ async def _keep_polling(
         await asyncio.sleep(0.25)
 
 
+def _after(sim: Sim, cid: str, since: float) -> list[float]:
+    """The upstream requests for ``cid`` made after ``since`` (monotonic)."""
+    return [r["t_mono"] for r in sim.requests(cid) if r["t_mono"] > since]
+
+
 @pytest.mark.timeout(60)
 async def test_killed_lease_holder_is_replaced_within_the_lease_time(
     sim: Sim, proxies: ProxyFactory
@@ -41,10 +46,13 @@ async def test_killed_lease_holder_is_replaced_within_the_lease_time(
         poller = asyncio.create_task(
             _keep_polling(session, f"{b.url}/v1/content/{cid}/progress", stop, seen)
         )
+        # A baseline: b watches (its poller has an answer) and a polls for 4.5 s more.
+        assert await wait_until(lambda: bool(seen), 10), "b never answered"
         await asyncio.sleep(4.5)
         killed_at = time.monotonic()
         a.kill()
-        await asyncio.sleep(8)
+        # b takes over: wait for two of its upstream polls (the takeover and the next one).
+        await wait_until(lambda: len(_after(sim, cid, killed_at)) >= 2, 20, 0.2)
         stop.set()
         await poller
     times = [r["t_mono"] for r in sim.requests(cid)]
@@ -70,10 +78,12 @@ async def test_sigterm_hands_the_lease_back_at_once(sim: Sim, proxies: ProxyFact
         poller = asyncio.create_task(
             _keep_polling(session, f"{b.url}/v1/content/{cid}/progress", stop, seen)
         )
+        # A baseline: b watches (its poller has an answer), 3 s for its interest to settle.
+        assert await wait_until(lambda: bool(seen), 10), "b never answered"
         await asyncio.sleep(3)
         stopped_at = time.monotonic()
         assert a.stop() == 0
-        await asyncio.sleep(5)
+        await wait_until(lambda: bool(_after(sim, cid, stopped_at)), 20, 0.2)
         stop.set()
         await poller
     times = [r["t_mono"] for r in sim.requests(cid)]
@@ -104,8 +114,11 @@ async def test_a_stalled_old_holder_cannot_overwrite_newer_state(
             lambda: any(r["status"] is None for r in sim.requests(cid)), timeout_s=5
         )
         a.pause()
-        await asyncio.sleep(9)  # lease expires; b takes over and moves on to a later stage
+        # The lease expires; b takes over and moves on to a later stage.
+        assert await wait_until(lambda: "generating_visuals" in (s for s, _ in seen), 20)
         a.resume()
+        # A window after a's return: its late answer is fenced out and b's clients never see
+        # the earlier stage again.
         await asyncio.sleep(4)
         stop.set()
         await poller

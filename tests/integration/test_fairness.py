@@ -8,8 +8,8 @@ import time
 import aiohttp
 import pytest
 
+from proxy.tenancy.tokens import mint_token
 from proxy.testing.processes import write_config
-from proxy.tokens import mint_token
 from tests.conftest import ProxyFactory, Sim
 from tests.integration.helpers import gaps
 

@@ -26,7 +26,7 @@ async def test_jobs_use_upstream_etags_and_stop_for_good(sim: Sim, proxies: Prox
         assert seen.final is not None and seen.final["status"] == "completed"
         assert 304 in seen.statuses  # our ETag, answered from memory
         done = len(sim.requests(job))
-        for i in range(6):
+        for i in range(6):  # a 3 s window in which no upstream request may follow
             async with session.get(f"{(a, b)[i % 2].url}/v1/jobs/{job}") as resp:
                 assert resp.status == 200
                 assert (await resp.json())["status"] == "completed"

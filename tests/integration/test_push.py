@@ -152,6 +152,7 @@ async def test_idle_stream_heartbeats_and_releases_interest_on_close(
             lines = await read_lines(resp, 4.5)
     closed_at = time.monotonic()
     assert sum(1 for line in lines if line.startswith(": hb")) >= 3, lines
+    # A window anchored to the close: past the 3 s linger no upstream request may come.
     await asyncio.sleep(8)
     times = [r["t_mono"] for r in sim.requests(cid)]
     assert len(times) >= 3  # the open stream kept it polled

@@ -9,7 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from proxy.simulator import DEFAULT_KEY, FaultRule, RunningSimulator
+from proxy.simulator import DEFAULT_KEY, FaultRule, RequestRecord, RunningSimulator
+from tests.integration.helpers import wait_until
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_KEY}"}
 
@@ -51,14 +52,18 @@ async def test_hang_fault_outlasts_the_client_timeout(
     sim: RunningSimulator, session: aiohttp.ClientSession, progress_url: str
 ) -> None:
     """A hang never answers: the client times out and the log shows no status."""
+    finished: list[RequestRecord] = []
+    sim.state.log.on_finish = finished.append
     sim.state.add_fault(FaultRule(kind="hang"))
     with pytest.raises(TimeoutError):
         async with session.get(
             progress_url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=0.2)
         ) as response:
             await response.read()
-    await asyncio.sleep(0.15)  # the server notices the client leaving within its poll
-    record = sim.state.requests()[-1]
+    # The server notices the client leaving within its poll and finishes the record.
+    assert await wait_until(lambda: bool(finished), 10, 0.01), sim.state.requests()
+    [record] = finished
+    assert record is sim.state.requests()[-1]
     assert (record.fault, record.status) == ("hang", None)
 
 
@@ -68,7 +73,8 @@ async def test_clearing_faults_releases_a_hang(
     """DELETE /_sim/faults releases a hanging request with a 503."""
     sim.state.add_fault(FaultRule(kind="hang"))
     pending = asyncio.create_task(session.get(progress_url, headers=AUTH))
-    await asyncio.sleep(0.1)
+    held = await wait_until(lambda: [r.fault for r in sim.state.requests()] == ["hang"], 10, 0.01)
+    assert held, sim.state.requests()
     async with session.delete(f"{sim.url}/_sim/faults") as response:
         assert (await response.json())["cleared"] == 1
     async with await pending as response:

@@ -20,6 +20,8 @@ from proxy.simulator import (
     WebhookConfig,
     WebhookDelivery,
 )
+from proxy.simulator.events import WebhookEvent
+from tests.integration.helpers import wait_until
 
 SECRET = "whsec_simulator_test"
 SHORT = ContainerScript(stages=(("generating_visuals", 5.0),))
@@ -67,6 +69,21 @@ async def wait_for_deliveries(state: SimulatorState, count: int) -> list[Webhook
     raise AssertionError(f"only {len(state.webhook_log)} of {count} deliveries")
 
 
+async def sender_ticks(state: SimulatorState, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Wait (up to 10 s of real time) until the webhook sender has asked ``state`` for due
+    events ``n`` more times: a window of sender ticks, however slowly the loop runs."""
+    asked = 0
+    due = state.due_webhook_events
+
+    def counting() -> list[WebhookEvent]:
+        nonlocal asked
+        asked += 1
+        return due()
+
+    monkeypatch.setattr(state, "due_webhook_events", counting)
+    assert await wait_until(lambda: asked >= n, 10, 0.01), f"the sender ticked {asked} of {n} times"
+
+
 def verify(headers: dict[str, str], body: bytes) -> bool:
     """Recompute HMAC-SHA256(secret, "<t>.<body>") and compare with the v1 signature."""
     parts = dict(part.split("=", 1) for part in headers["X-Layers-Signature"].split(","))
@@ -110,6 +127,8 @@ async def test_failed_job_sends_job_failed_only(
     sim.state.add_container(ContainerScript(stages=SHORT.stages, ending="failed"))
     clock.advance(1.5)  # 30 % of the 5 s stage
     deliveries = await wait_for_deliveries(sim.state, 1)
+    # A window, anchored to the first delivery: a content.generated would have been due in the
+    # same sender tick, so it would be recorded within a few ms of job.failed.
     await asyncio.sleep(0.05)
     assert [d.type for d in sim.state.webhook_log] == ["job.failed"]
     assert deliveries[0].payload["data"]["error"]["code"] == "GENERATION_FAILED"
@@ -154,13 +173,13 @@ async def test_drop_rate_one_sends_nothing(
 
 
 async def test_delay_holds_events_back(
-    sim: RunningSimulator, receiver: Receiver, clock: ManualClock
+    sim: RunningSimulator, receiver: Receiver, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With delay_s 30, nothing is sent 29 s after the end; at 30 s the events go out."""
     sim.state.configure_webhooks(WebhookConfig(url=receiver.url, secret=SECRET, delay_s=30.0))
     sim.state.add_container(SHORT, with_job=False)
     clock.advance(5.0 + 29.0)
-    await asyncio.sleep(0.1)  # ten sender ticks
+    await sender_ticks(sim.state, monkeypatch, 10)  # ten looks at the due events, none due
     assert sim.state.webhook_log == []
     clock.advance(1.0)
     [delivery] = await wait_for_deliveries(sim.state, 1)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from proxy.simulator.state import DEFAULT_KEY
+from proxy.tenancy.tokens import mint_token
 from proxy.testing.processes import ManagedProcess, start_proxy, write_config
-from proxy.tokens import mint_token
 from tests.conftest import Sim
 
 ACME_SECRET = "acme-secret-" + "A" * 40

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from proxy.tenancy.tokens import mint_token
 from proxy.testing.processes import ManagedProcess, start_proxy, start_simulator, write_config
-from proxy.tokens import mint_token
 from tests.conftest import Sim
 from tests.tenants.conftest import Reply, http
 

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.errors import NotFound
 from proxy.redaction import Secret
 from proxy.settings import Settings
-from proxy.tenant_config import parse_tenants
+from proxy.tenancy.config import parse_tenants
 from proxy.web.cors import ALLOW_HEADERS, EXPOSE_HEADERS, setup_cors
 from proxy.web.middlewares import make_edge_middleware
 from tests.tenants.conftest import ACME_ORIGIN, GLOBEX_ORIGIN, acme_token, globex_token
@@ -21,8 +21,16 @@ pytestmark = pytest.mark.timeout(10)
 CID = "cnt_3f2b8c1e-9a4d-4e7b-8c21-0a1b2c3d4e5f"
 TENANTS = parse_tenants(
     [
-        {"id": "acme", "secrets": ["a" * 32], "allowed_origins": [ACME_ORIGIN]},
-        {"id": "globex", "secrets": ["g" * 32], "allowed_origins": [GLOBEX_ORIGIN]},
+        {
+            "id": "acme",
+            "secrets": ["acme-cors-" + "Zx81Wv52Qa7LmP0s" * 2],
+            "allowed_origins": [ACME_ORIGIN],
+        },
+        {
+            "id": "globex",
+            "secrets": ["globex-cors-" + "Wv52Qa7LmP0sZx81" * 2],
+            "allowed_origins": [GLOBEX_ORIGIN],
+        },
     ],
     source="test",
 )

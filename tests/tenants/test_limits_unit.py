@@ -14,13 +14,14 @@ from proxy.clock import ManualClock
 from proxy.errors import TooManyRequests
 from proxy.redaction import Secret
 from proxy.resources import PROGRESS, ResourceRef
-from proxy.services.tenant_limits import TenantLimits
 from proxy.settings import Settings
 from proxy.store import keys
+from proxy.store.errors import StoreError
 from proxy.store.redis_store import RedisStore
-from proxy.tenant_config import TenantConfig
-from proxy.tokens import Grant
-from proxy.web.access import Caller
+from proxy.tenancy.access import Caller
+from proxy.tenancy.config import TenantConfig
+from proxy.tenancy.limits import TenantLimits
+from proxy.tenancy.tokens import Grant
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -80,9 +81,7 @@ async def make(server: fakeredis.FakeServer) -> AsyncIterator[Factory]:
             replica_id=f"replica{len(built)}",
             **settings,
         )
-        limits = CountingLimits(
-            store=store, settings=s, clock=clock or ManualClock(), background=False
-        )
+        limits = CountingLimits(store=store, settings=s, clock=clock or ManualClock())
         built.append((limits, redis))
         return limits
 
@@ -178,13 +177,45 @@ async def test_two_replicas_share_one_rate(make: Factory) -> None:
     assert 20 - 2 * 2 <= admitted <= 20
 
 
-async def test_redis_down_fails_open(make: Factory, server: fakeredis.FakeServer) -> None:
-    """When Redis cannot be reached the rate limit lets requests through."""
-    limits = make(tenant(requests_per_second=1))
+async def test_redis_down_falls_back_to_local_limits(
+    make: Factory, server: fakeredis.FakeServer
+) -> None:
+    """When Redis cannot be reached each replica enforces the tenant's rate on its own."""
+    clock = ManualClock()
+    limits = make(tenant(requests_per_second=2), clock=clock)
     caller = caller_of(limits._tenants["acme"])
     server.connected = False
-    for _ in range(5):
-        await limits.admit(caller)
+    admitted = refused = 0
+    for _ in range(10):
+        try:
+            await limits.admit(caller)
+            admitted += 1
+        except TooManyRequests as exc:
+            refused += 1
+            assert exc.headers["Retry-After"] == "1"
+    assert (admitted, refused) == (2, 8)
+    clock.advance(1.0)
+    await limits.admit(caller)  # the local bucket refills at the tenant's rate
+
+
+async def test_a_paused_redis_never_delays_admission(make: Factory) -> None:
+    """A refill that Redis does not answer is waited for once, 200 ms at most."""
+    limits = make(tenant(requests_per_second=1000))
+    caller = caller_of(limits._tenants["acme"])
+    stalled = asyncio.Event()
+
+    async def never(*args: Any, **kwargs: Any) -> Any:
+        stalled.set()
+        await asyncio.Event().wait()
+
+    limits._store.take_permits = never  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        for _ in range(50):
+            await limits.admit(caller)
+    assert stalled.is_set()
+    assert loop.time() - started < 1.0  # 50 requests: one 200 ms wait, then local decisions
 
 
 async def test_watch_refuses_a_new_resource_over_the_limit(make: Factory) -> None:
@@ -310,3 +341,22 @@ async def test_stream_pins_its_resources_while_open(make: Factory) -> None:
     clock.advance(1.0)
     await limits.sync()
     assert ref(1).key not in limits._watched["acme"].expires
+
+
+async def test_a_failed_sync_sends_its_keys_again(
+    make: Factory, server: fakeredis.FakeServer
+) -> None:
+    """Keys a failed sync carried are sent with the next one, once Redis answers again."""
+    limits = make(tenant(max_watched=5))
+    caller = caller_of(limits._tenants["acme"])
+    limits.watch(caller, ref(1))
+    server.connected = False
+    with pytest.raises(StoreError):
+        await limits.sync()
+    server.connected = True
+    assert await limits._store.ping()  # the probe notices Redis is back
+    await limits.sync()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    assert await redis.zrange(keys.tenant_watched("acme"), 0, -1) == [ref(1).key.encode()]
+    assert limits._watched["acme"].cluster_count == 1
+    assert not limits._watched["acme"].unsynced

@@ -7,7 +7,14 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.cadence import CadenceRules, error_backoff_s, is_terminal, poll_interval_s
+from proxy.cadence import (
+    CadenceRules,
+    error_backoff_s,
+    is_terminal,
+    poll_interval_s,
+    snapshot_interval_s,
+)
+from proxy.snapshot import Snapshot
 
 RULES = CadenceRules()
 IN_PROGRESS = st.sampled_from(["queued", "processing", "generating", "running", "weird_new"])
@@ -56,3 +63,18 @@ def test_backoff_bounded_and_jittered(failures: int, seed: int) -> None:
     step = min(30.0, 2.0 * 2 ** (failures - 1))
     assert 1.0 <= delay <= 30.0
     assert step / 2 <= delay <= step or delay == 1.0
+
+
+def test_a_snapshots_interval_follows_its_stage_age_when_last_confirmed() -> None:
+    """The stage's age is taken at the last upstream answer, never below zero."""
+
+    def snap(status: str, stage_since_ms: int, fetched_ms: int) -> Snapshot:
+        return Snapshot(
+            key="progress:x", status=status, stage_since_ms=stage_since_ms, fetched_ms=fetched_ms
+        )
+
+    assert snapshot_interval_s(snap("processing", 0, 30_000), RULES) == 2.0
+    assert snapshot_interval_s(snap("processing", 0, 30_001), RULES) == 5.0
+    assert snapshot_interval_s(snap("processing", 50_000, 10_000), RULES) == 2.0
+    assert snapshot_interval_s(snap("completed", 0, 1_000), RULES) is None
+    assert snapshot_interval_s(snap("processing", 0, 0), RULES, is_list=True) == 10.0

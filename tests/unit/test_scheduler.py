@@ -14,10 +14,13 @@ from proxy.resources import PROGRESS, ResourceRef
 from proxy.services.cache import SnapshotCache
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
-from proxy.settings import load_settings
+from proxy.settings import Settings, load_settings
+from proxy.store import keys
 from proxy.store.redis_store import BudgetPolicy, RedisStore
 from proxy.upstream.client import RawResponse, UpstreamClient
 
+FAILING = Settings.upstream_failing_connections
+HEALTHY = Settings.upstream_max_connections - FAILING
 REF = ResourceRef(PROGRESS, "cnt_3f2b8c1e-9a4d-4e7b-8c21-0a1b2c3d4e5f")
 
 
@@ -54,6 +57,9 @@ class FixedCensus:
 
     def tenants_of(self, key: str) -> tuple[str, ...]:
         return ()
+
+    def to_publish(self, demand: Mapping[tuple[str, str], float]) -> dict[str, str]:
+        return {}
 
 
 def body(stage: str, status: str = "processing") -> dict[str, Any]:
@@ -97,8 +103,10 @@ async def make(
         clock=clock,
         stats=Stats(),
     )
+    # This Redis has remembered for long: no floor wait for a forgotten previous holder.
+    await store.redis.set(keys.MEMORY_SINCE, 0)
     [touched] = await store.touch_many([(REF.key, True, -1)])
-    scheduler.adopt(REF, touched.fence)
+    scheduler.leases.adopt(REF, touched.fence)
     return scheduler, transport, clock, store
 
 
@@ -133,7 +141,7 @@ async def test_a_shrunken_fair_interval_brings_the_next_poll_forward() -> None:
     scheduler, _, _, _ = await make([body("generating_visuals")])
     census = FixedCensus()
     census.fair = 20.0
-    scheduler.census = census  # type: ignore[assignment]
+    scheduler.polls.census = census
     scheduler.run_due()
     await scheduler.drain()
     wait = scheduler.run_due()
@@ -144,3 +152,58 @@ async def test_a_shrunken_fair_interval_brings_the_next_poll_forward() -> None:
     assert wait is not None and abs(wait - 6.0) < 1e-6
     census.fair = 30.0  # never pushed later: the claim gap guards the other direction
     assert scheduler.reschedule_earlier() == 0
+
+
+async def test_no_free_connection_means_no_claim_and_no_request() -> None:
+    """A poll that cannot get a connection is put back without spending its floor slot.
+
+    Claiming first and waiting for a connection afterwards is what let two requests for one
+    container go out 0.03 s apart when upstream hung on more resources than the pool holds.
+    """
+    scheduler, transport, clock, store = await make([body("generating_visuals")])
+    upstream = scheduler.polls._upstream
+    held = [await upstream.acquire_slot(failing=False, wait_s=0) for _ in range(HEALTHY)]
+    assert all(held) and await upstream.acquire_slot(failing=False, wait_s=0) is None
+    upstream._pool_wait_s = 0.01
+    scheduler.run_due()
+    await scheduler.drain()
+    assert transport.calls == []
+    assert await store.redis.get("lp:{" + REF.key + "}:last") is None  # nothing claimed
+    assert scheduler.polls._stats.pool_waits == 1
+    for slot in held:
+        assert slot is not None
+        slot.release()
+    clock.advance(0.5)
+    scheduler.run_due()
+    await scheduler.drain()
+    assert len(transport.calls) == 1
+
+
+async def test_a_failing_resource_cannot_take_a_healthy_connection() -> None:
+    """Resources whose last poll failed draw from their own small pool."""
+    scheduler, transport, _, _ = await make([body("generating_visuals")])
+    upstream = scheduler.polls._upstream
+    failing = [await upstream.acquire_slot(failing=True, wait_s=0) for _ in range(FAILING)]
+    assert all(failing) and await upstream.acquire_slot(failing=True, wait_s=0) is None
+    scheduler.run_due()  # healthy (no failures yet): still gets a connection
+    await scheduler.drain()
+    assert len(transport.calls) == 1
+
+
+async def test_a_new_holder_waits_out_the_floor_after_redis_forgot() -> None:
+    """Right after Redis lost everything, the first poll under a new lease waits one floor.
+
+    The previous holder's last-poll time is gone with the data; it may have polled a moment ago.
+    """
+    scheduler, transport, clock, store = await make([body("generating_visuals")])
+    await store.redis.delete(keys.MEMORY_SINCE)  # what a restart, a flush or a failover leaves
+    scheduler.run_due()
+    await scheduler.drain()
+    assert transport.calls == []
+    wait = scheduler.run_due()
+    assert wait is not None and 0.9 <= wait <= 1.0
+    await store.redis.set(keys.MEMORY_SINCE, 0)  # (the fake Redis clock does not move)
+    clock.advance(wait)
+    scheduler.run_due()
+    await scheduler.drain()
+    assert len(transport.calls) == 1

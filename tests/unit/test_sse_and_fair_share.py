@@ -1,4 +1,4 @@
-"""SSE framing and the fair-share allocation."""
+"""SSE framing, stream ids and the fair-share allocation (the stream room: test_stream_session)."""
 
 from __future__ import annotations
 
@@ -106,3 +106,21 @@ def test_water_fill_never_exceeds_demand_or_capacity(
     alloc = water_fill(demands, {}, capacity)
     assert all(alloc[k] <= demands[k] + 1e-9 for k in demands)
     assert sum(alloc.values()) <= capacity + 1e-6
+
+
+def test_vector_ids_are_ascii_digits_only() -> None:
+    """Unicode digits, signs and absurd lengths are not a vector id (they were 500s)."""
+    assert parse_vector_id("\u00b2", 1) is None
+    assert parse_vector_id("1.\u0662", 2) is None
+    assert parse_vector_id("-1", 1) is None
+    assert parse_vector_id("9" * 19, 1) is None
+    assert parse_vector_id("1." * 5000 + "1", 2) is None  # rejected on length, before any split
+    assert parse_vector_id(" 4.5 ", 2) == [4, 5]
+    assert parse_vector_id("1", 0) is None
+
+
+@given(st.text(max_size=120), st.integers(0, 5))
+def test_parse_vector_id_never_raises(raw: str, size: int) -> None:
+    """Any Last-Event-ID gives versions or None."""
+    parsed = parse_vector_id(raw, size)
+    assert parsed is None or (len(parsed) == size and all(v >= 0 for v in parsed))

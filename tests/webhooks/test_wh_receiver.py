@@ -193,12 +193,12 @@ async def test_rotation_secrets_accept_the_old_one(make_replica: ReplicaFactory)
     assert (await replica.post(job_event())).status == 202
 
 
-async def test_secret_unset_is_503_naming_the_setting(make_replica: ReplicaFactory) -> None:
-    """With no secret configured every delivery gets 503 that names LAYERS_WEBHOOK_SECRET."""
+async def test_secret_unset_is_404_naming_the_setting(make_replica: ReplicaFactory) -> None:
+    """With no secret configured every delivery gets 404 that names LAYERS_WEBHOOK_SECRET."""
     replica = await make_replica(secret="")
     response = await replica.post(job_event())
     error = await error_of(response)
-    assert (response.status, error["code"]) == (503, "UNAVAILABLE")
+    assert (response.status, error["code"]) == (404, "NOT_FOUND")
     assert "LAYERS_WEBHOOK_SECRET" in error["message"]
     assert not await seen(replica)
 

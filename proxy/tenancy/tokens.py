@@ -5,20 +5,20 @@ them with ``verify_token``. The algorithm is pinned, ``exp``/``iat``/``aud``/``t
 required, the signing secret is looked up by ``kid`` in the tenant's fixed table, and no token
 may live longer than an hour.
 
-    from proxy.tokens import mint_token
+    from proxy.tenancy.tokens import mint_token
     token = mint_token(tenant="acme", secret=b"...", kid="0", containers=["cnt_..."], ttl_s=600)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import jwt
 
-from proxy.ids import canonical_container_id, canonical_job_id
-from proxy.tenant_config import TenantConfig
+from proxy.ids import canonical_container_id, canonical_job_id, canonical_project_id
+from proxy.tenancy.config import TenantConfig
 
 ALGORITHM = "HS256"
 DEFAULT_AUDIENCE = "layers-progress-proxy"
@@ -40,6 +40,8 @@ class Grant:
     containers: frozenset[str]
     jobs: frozenset[str]
     expires_at: float
+    # Any container or job of these projects (verified upstream, like a tenant's projects).
+    projects: frozenset[str] = frozenset()
 
 
 def mint_token(
@@ -48,43 +50,48 @@ def mint_token(
     secret: bytes | str,
     containers: Iterable[str] = (),
     jobs: Iterable[str] = (),
+    projects: Iterable[str] = (),
     ttl_s: int = 600,
     kid: str = "0",
     audience: str = DEFAULT_AUDIENCE,
     now: float | None = None,
 ) -> str:
-    """A signed token for ``tenant`` naming the containers and jobs it may watch."""
+    """A signed token for ``tenant`` naming the containers, jobs and projects it may watch."""
     if not 1 <= ttl_s <= MAX_TTL_S:
         raise ValueError(f"ttl_s must be between 1 and {MAX_TTL_S} seconds")
-    cids = []
-    for raw in containers:
-        cid = canonical_container_id(raw)
-        if cid is None:
-            raise ValueError(f"not a container id: {raw!r}")
-        cids.append(cid)
-    jids = []
-    for raw in jobs:
-        jid = canonical_job_id(raw)
-        if jid is None:
-            raise ValueError(f"not a job id: {raw!r}")
-        jids.append(jid)
-    if not cids and not jids:
-        raise ValueError("a token must name at least one container or job")
+    cids = _canonical_list(containers, canonical_container_id, "container")
+    jids = _canonical_list(jobs, canonical_job_id, "job")
+    pids = _canonical_list(projects, canonical_project_id, "project")
+    if not cids and not jids and not pids:
+        raise ValueError("a token must name at least one container, job or project")
     issued = int(now if now is not None else time.time())
     key = secret.encode() if isinstance(secret, str) else secret
+    claims: dict[str, object] = {
+        "tenant": tenant,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ttl_s,
+        "containers": cids,
+        "jobs": jids,
+    }
+    if pids:
+        claims["projects"] = pids
     return jwt.encode(
-        {
-            "tenant": tenant,
-            "aud": audience,
-            "iat": issued,
-            "exp": issued + ttl_s,
-            "containers": cids,
-            "jobs": jids,
-        },
+        claims,
         key,
         algorithm=ALGORITHM,
         headers={"kid": kid},
     )
+
+
+def _canonical_list(raw: Iterable[str], canon: Callable[[str], str | None], what: str) -> list[str]:
+    out = []
+    for item in raw:
+        value = canon(item)
+        if value is None:
+            raise ValueError(f"not a {what} id: {item!r}")
+        out.append(value)
+    return out
 
 
 def _ids(raw: object, canon: object) -> frozenset[str]:
@@ -152,4 +159,5 @@ def verify_token(
         containers=_ids(verified.get("containers"), canonical_container_id),
         jobs=_ids(verified.get("jobs"), canonical_job_id),
         expires_at=float(exp),
+        projects=_ids(verified.get("projects"), canonical_project_id),
     )

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.errors import InvalidRequest, NotFound, Unauthenticated
-from proxy.resources import JOB, ResourceKind, ResourceRef
+from proxy.resources import JOB, PROJECT, ResourceKind, ResourceRef
 from proxy.settings import Settings
-from proxy.tenant_config import TenantConfig
-from proxy.tokens import Grant, TokenError, verify_token
+from proxy.tenancy.config import TenantConfig
+from proxy.tenancy.ownership import OwnershipCheck
+from proxy.tenancy.tokens import Grant, TokenError, verify_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +39,45 @@ class Caller:
         tenant = self.tenant
         return tenant.organization if tenant is not None else None
 
+    @property
+    def checks_owner(self) -> bool:
+        """True when projects decide what this caller may see (upstream owner lookups)."""
+        grant = self.grant
+        return grant is not None and bool(grant.tenant.projects or grant.projects)
+
     def may_watch(self, kind: ResourceKind, resource_id: str) -> bool:
-        """True when the token names this resource (always in open mode)."""
-        if self.grant is None:
+        """False when nothing could allow this resource (always True in open mode).
+
+        True may still need the owner check (``owners_allowed``) when projects are involved.
+        """
+        grant = self.grant
+        if grant is None:
             return True
-        allowed = self.grant.jobs if kind is JOB else self.grant.containers
-        return resource_id in allowed
+        if kind is PROJECT:
+            tenant_projects = grant.tenant.projects
+            return resource_id in grant.projects and (
+                not tenant_projects or resource_id in tenant_projects
+            )
+        named = grant.jobs if kind is JOB else grant.containers
+        return resource_id in named or bool(grant.projects)
+
+    def owners_allowed(self, kind: ResourceKind, resource_id: str) -> frozenset[str] | None:
+        """The projects one of which must own the resource; None when no check is needed.
+
+        A resource the token names is checked against the tenant's projects (when it has
+        any); one it does not name is allowed through the token's projects, within the
+        tenant's. An empty set allows nothing.
+        """
+        grant = self.grant
+        if grant is None or kind is PROJECT:
+            return None
+        tenant_projects = grant.tenant.projects
+        named = grant.jobs if kind is JOB else grant.containers
+        if resource_id in named:
+            return tenant_projects or None
+        if tenant_projects:
+            return grant.projects & tenant_projects
+        return grant.projects
 
 
 def bearer_token(request: web.Request) -> str:
@@ -73,6 +107,8 @@ class Access:
         # re-checked on every hit. Failures are never cached.
         self._verified: OrderedDict[str, Caller] = OrderedDict()
         self._refs: dict[tuple[str, str, str | None], ResourceRef] = {}
+        # Set by the composition root once the services exist (owner lookups fetch upstream).
+        self.owners: OwnershipCheck | None = None
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         """A configured tenant by id."""
@@ -103,6 +139,22 @@ class Access:
         if len(self._verified) > _VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)  # oldest first: a bounded cache, not an LRU scan
         return caller
+
+    async def permit(self, caller: Caller, kind: ResourceKind, raw_id: str) -> ResourceRef:
+        """``resource``, then the project-ownership check when projects decide (else free)."""
+        ref = self.resource(caller, kind, raw_id)
+        if caller.checks_owner:
+            await self.verify_owner(caller, ref)
+        return ref
+
+    async def verify_owner(self, caller: Caller, ref: ResourceRef) -> None:
+        """404 (as for a missing resource) unless one of the caller's projects owns ``ref``."""
+        allowed = caller.owners_allowed(ref.kind, ref.id)
+        if allowed is None:
+            return
+        if self.owners is None:
+            raise RuntimeError("Access.owners is not set")
+        await self.owners.require(ref, allowed, caller.tenant_id)
 
     def resource(self, caller: Caller, kind: ResourceKind, raw_id: str) -> ResourceRef:
         """The canonical resource for ``raw_id``; 400 when malformed, 404 when not the caller's."""

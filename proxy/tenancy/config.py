@@ -7,6 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.ids import canonical_project_id
+from proxy.secret_strength import GENERATE_HINT, weakness
+
 MIN_SECRET_BYTES = 32
 _TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ORG_ID = re.compile(r"org_[A-Za-z0-9_-]{1,64}")
@@ -20,6 +23,7 @@ _KNOWN_KEYS = frozenset(
         "max_watched",
         "weight",
         "organization",
+        "projects",
     }
 )
 
@@ -36,6 +40,8 @@ class TenantConfig:
     max_watched: int = 500
     weight: float = 1.0
     organization: str | None = None
+    # When set, the tenant may see only these projects' containers and jobs, verified upstream.
+    projects: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         # Never show the signing secrets.
@@ -75,12 +81,32 @@ def _secrets(where: str, raw: Any) -> tuple[tuple[str, bytes], ...]:
         if not isinstance(secret, str) or len(secret.encode()) < MIN_SECRET_BYTES:
             raise ValueError(
                 f"{where}.secrets[{i}]: too short; use at least {MIN_SECRET_BYTES} random bytes "
-                "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                f"(e.g. {GENERATE_HINT})"
             )
+        why = weakness(secret)
+        if why is not None:
+            raise ValueError(f"{where}.secrets[{i}]: refused: the secret {why}")
         if any(k == kid for k, _ in out):
             raise ValueError(f"{where}.secrets[{i}]: duplicate kid {kid!r}")
         out.append((kid, secret.encode()))
     return tuple(out)
+
+
+def _projects(where: str, raw: Any) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}.projects: must be a non-empty list of project ids (prj_...)")
+    out = set()
+    for item in raw:
+        project = canonical_project_id(item) if isinstance(item, str) else None
+        if project is None:
+            raise ValueError(
+                f"{where}.projects: {str(item)[:80]!r} is not a project id "
+                "(prj_<uuid> or prj_<26-character ULID>)"
+            )
+        out.add(project)
+    return frozenset(out)
 
 
 def parse_tenants(raw: Any, *, source: str) -> tuple[TenantConfig, ...]:
@@ -145,6 +171,7 @@ def parse_tenants(raw: Any, *, source: str) -> tuple[TenantConfig, ...]:
                 ),
                 weight=_num(f"{where}.weight", entry.get("weight", 1), minimum=0.01),
                 organization=org,
+                projects=_projects(where, entry.get("projects")),
             )
         )
     return tuple(tenants)

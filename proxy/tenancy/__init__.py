@@ -1,0 +1,1 @@
+"""Tenants: who may see what (tokens, tenant config, callers, project ownership)."""

@@ -1,0 +1,1 @@
+"""Raw-socket fuzzing of a real proxy process."""
