@@ -21,7 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.server import PARSER_MAX_FIELD, PARSER_MAX_LINE, install_fast_loop
+from proxy.server import install_fast_loop
+from proxy.web.protocol import PARSER_MAX_FIELD, PARSER_MAX_LINE
 
 
 @dataclass(frozen=True)

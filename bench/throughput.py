@@ -151,7 +151,8 @@ def run(p: Params) -> Report:
                 results[variant] = _alternate(targets, cid, headers, p)
                 after = admin_stats(proxy.url)
                 checks[variant] = {
-                    k: after[k] - before[k] for k in ("client_requests", "not_modified")
+                    k: after[k] - before[k]
+                    for k in ("client_requests", "not_modified", "fast_answers")
                 }
             elapsed = time.monotonic() - t0
             ticks = elapsed * CLOCK_TICKS * len(os.sched_getaffinity(0))

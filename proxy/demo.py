@@ -30,7 +30,6 @@ import orjson
 from aiohttp import web
 
 from proxy.logs import configure_logging
-from proxy.server import PARSER_MAX_FIELD, PARSER_MAX_LINE
 from proxy.settings import SettingsError, load_settings
 from proxy.simulator import DEFAULT_KEY, ScaledClock, SimulatorState, running_simulator, seed_demo
 from proxy.simulator.demo import demo_script
@@ -38,8 +37,9 @@ from proxy.simulator.ids import new_uuid
 from proxy.store.connect import answers_ping
 from proxy.web import keys
 from proxy.web.app import create_app
-from proxy.web.middlewares import guard_handler
+from proxy.web.middlewares import install_edge
 from proxy.web.ops import public_stats
+from proxy.web.protocol import PARSER_MAX_FIELD, PARSER_MAX_LINE
 from proxy.web.static_routes import STATIC_DIR, add_static_routes
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/0"
@@ -246,13 +246,6 @@ async def _redis_for(args: argparse.Namespace) -> tuple[str, str]:
     return await choose_redis(os.environ.get("REDIS_URL") or None, "from REDIS_URL")
 
 
-def install_edge(runner: web.AppRunner) -> None:
-    """The proxy's edge in front of the app, as ``serve`` has it (before the site starts)."""
-    server = runner.server
-    assert server is not None  # set by setup()
-    server.request_handler = guard_handler(server.request_handler, runner.app[keys.SETTINGS])
-
-
 def _proxy_runner(
     sim_url: str,
     redis_url: str,
@@ -314,7 +307,7 @@ async def _run(args: argparse.Namespace, speed: float) -> int:
             admin_token = os.environ.get(ADMIN_ENV, "")
             runner = _proxy_runner(sim.url, redis[0], args.port, batch, project, admin_token)
             await runner.setup()
-            install_edge(runner)
+            install_edge(runner, runner.app[keys.SETTINGS])
             seeder = asyncio.create_task(keep_seeding(batch))
             try:
                 await web.TCPSite(runner, HOST, args.port).start()

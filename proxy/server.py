@@ -1,9 +1,7 @@
 """Running the proxy as a process: the event loop, the listening socket, signals.
 
-The listening socket serves ``EdgeProtocol``, aiohttp's public ``web.RequestHandler`` with two
-additions aiohttp lacks: a header-read timeout (a connection must finish each request head within
-``header_timeout_s`` of its first byte, or of connecting), and parser errors answered in the error
-envelope and logged once per kind instead of as one traceback per bad request.
+The listening socket serves ``proxy.web.protocol.EdgeProtocol`` (aiohttp's request handler with
+header and keep-alive timeouts, enveloped parser errors and the cached-poll fast path).
 
 Shutdown (SIGTERM or SIGINT): stop accepting, end every SSE stream with a short ``retry:`` hint
 (within 1 s), let in-flight requests finish (up to ``shutdown_timeout_s``), then run the app's
@@ -14,264 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import re
 import signal
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from proxy.errors import envelope
-from proxy.logs import innermost_frame, scrubber, summarize_forever, summary
-from proxy.request_ids import next_request_id
+from proxy.logs import scrubber, summarize_forever, summary
 from proxy.settings import Settings
 from proxy.tasks import spawn
 from proxy.web import keys
 from proxy.web.app import create_app
-from proxy.web.middlewares import guard_handler
-from proxy.web.responses import error_response
+from proxy.web.fast_polls import FastPolls
+from proxy.web.middlewares import install_edge
+from proxy.web.protocol import PARSER_MAX_FIELD, PARSER_MAX_LINE, EdgeProtocol, HeadWatch
 from proxy.web.streams import SHUTDOWN_RETRY_MS
 from proxy.workers import is_worker
 
 log = structlog.get_logger("proxy.server")
 
-# The HTTP parser's own limits sit well above ours, so oversized URLs and headers reach the edge
-# and get a 414/431 in the error envelope instead of the parser's bare 400.
-PARSER_MAX_LINE = 65536
-PARSER_MAX_FIELD = 65536
-
-# Requests of these methods are taken to have no body without looking (every request of the
-# API is a GET). Should one carry a body anyway, its bytes look like the start of a next head,
-# and the worst case is that connection closing at the header timeout instead of keep-alive's.
-_BODILESS = (b"GET ", b"HEAD ", b"OPTIONS ")
-# What follows "content-length" in a head that announces a non-empty body.
-_NONZERO_LENGTH = re.compile(rb"[ \t]*:[ \t]*0*[1-9]")
-# Heads are buffered up to this for the body check; a longer one is refused by the parser anyway.
-_MAX_TRACKED_HEAD = 256 * 1024
-
-
-class HeadTracker:
-    """Where a connection's request heads begin and end, from its raw bytes (pure).
-
-    ``started`` is the time the current unfinished head began (None between requests). Tracking
-    stops for good after a head that announces a body (the API's requests have none; keep-alive
-    and aiohttp's own limits bound the rest of such a connection) or when the parser saw more
-    requests than this did (``dispatched``), so it can never time out a request being served.
-    ``busy`` counts requests being handled: a pipelined head waiting behind one is not slow.
-    """
-
-    __slots__ = ("_buffer", "_overflow", "busy", "dispatched", "heads", "started", "tracking")
-
-    def __init__(self, now: float) -> None:
-        self.started: float | None = now  # connected but silent counts as an unfinished head
-        self.tracking = True
-        self.heads = 0
-        self.dispatched = 0
-        self.busy = 0
-        self._buffer = b""
-        self._overflow = False
-
-    def feed(self, data: bytes, clock: Callable[[], float] = time.monotonic) -> None:
-        """Account for ``data``, received now by ``clock``."""
-        if not self.tracking or not data:
-            return
-        buf = self._buffer + data if self._buffer else data
-        start = max(0, len(self._buffer) - 3)  # a head end may straddle two reads
-        pos = 0
-        while pos < len(buf):
-            end = _head_end(buf, start)
-            if end < 0:
-                if self.started is None:
-                    # This read began the head; the clock is read only here, since a head that
-                    # arrives whole (the common case) never needs it.
-                    self.started = clock()
-                rest = buf[pos:]
-                if len(rest) > _MAX_TRACKED_HEAD:
-                    self._overflow, rest = True, rest[-3:]
-                self._buffer = rest
-                return
-            self.heads += 1
-            if self._overflow or (
-                not buf.startswith(_BODILESS, pos) and _announces_body(buf[pos:end])
-            ):
-                self.stop()
-                return
-            self.started = None
-            pos = start = end
-        self._buffer = b""
-
-    def on_dispatch(self) -> None:
-        """The parser handed a request to the application."""
-        self.dispatched += 1
-        if self.dispatched > self.heads:
-            self.stop()  # the parser read a head this did not see: trust the parser
-
-    def stop(self) -> None:
-        """Track this connection no further."""
-        self.tracking = False
-        self.started = None
-        self._buffer = b""
-
-
-def _head_end(buf: bytes, start: int) -> int:
-    """Index just past the blank line that ends a head, or -1.
-
-    CRLF only: aiohttp's parser refuses bare LF line ends, and should one ever pass, the
-    dispatch check stops the tracking. One ``bytes.find``: this runs on every read.
-    """
-    at = buf.find(b"\r\n\r\n", start)
-    return at + 4 if at >= 0 else -1
-
-
-def _announces_body(head: bytes) -> bool:
-    """True when ``head`` has Transfer-Encoding or a non-zero Content-Length (any case)."""
-    lower = head.lower()
-    if b"\ntransfer-encoding" in lower:
-        return True
-    at = lower.find(b"\ncontent-length")
-    while at >= 0:
-        if _NONZERO_LENGTH.match(lower, at + 15):
-            return True
-        at = lower.find(b"\ncontent-length", at + 15)
-    return False
-
-
-class HeadWatch:
-    """The connections with an unfinished request head, and the sweep that closes late ones."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.pending: set[EdgeProtocol] = set()
-
-    def on_request(self, request: web.BaseRequest) -> None:
-        """Called for every parsed request before it is handled."""
-        protocol = request.protocol
-        if isinstance(protocol, EdgeProtocol):
-            protocol.head.on_dispatch()
-            protocol.head.busy += 1
-            if protocol.head.started is None:
-                self.pending.discard(protocol)
-
-    def on_done(self, request: web.BaseRequest) -> None:
-        """Called when a handler returned: a head waiting behind it gets its full time now."""
-        protocol = request.protocol
-        if isinstance(protocol, EdgeProtocol):
-            head = protocol.head
-            head.busy -= 1
-            if head.started is not None:
-                head.started = max(head.started, time.monotonic())
-
-    async def run(self) -> None:
-        """Close connections whose head is overdue (cancel to stop)."""
-        tick_s = min(1.0, self.timeout_s / 4)
-        while True:
-            await asyncio.sleep(tick_s)
-            limit = time.monotonic() - self.timeout_s
-            late = [
-                p
-                for p in self.pending
-                if p.head.started is not None and p.head.started <= limit and not p.head.busy
-            ]
-            for protocol in late:
-                self.pending.discard(protocol)
-                protocol.head_timed_out()
-            if late and summary().admit("header_timeout"):
-                log.info("header_timeout", closed=len(late), timeout_s=self.timeout_s)
-
-
-def _timeout_response() -> bytes:
-    rid = next_request_id()
-    body = envelope("REQUEST_TIMEOUT", "The request head was not received in time.", rid)
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-store\r\n"
-        f"X-Request-Id: {rid}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-class EdgeProtocol(web.RequestHandler):
-    """aiohttp's request handler with a header-read timeout and enveloped parser errors."""
-
-    __slots__ = ("head", "watch")
-
-    def __init__(self, manager: web.Server, watch: HeadWatch, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self.watch = watch
-        self.head = HeadTracker(time.monotonic())
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.head.started = time.monotonic()
-        self.watch.pending.add(self)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.watch.pending.discard(self)
-        self.head.stop()
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        head = self.head
-        if head.tracking:
-            head.feed(data)
-            if head.started is None:
-                self.watch.pending.discard(self)
-            else:
-                self.watch.pending.add(self)
-        super().data_received(data)
-
-    def head_timed_out(self) -> None:
-        """Close the connection; say 408 first when no request of it was ever answered."""
-        first = self.head.heads == 0 and self.head.dispatched == 0
-        self.head.stop()
-        transport = self.transport
-        if transport is None:
-            return
-        if first:
-            transport.write(_timeout_response())
-        self.force_close()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        """The envelope instead of aiohttp's text, which quotes the raw request line back.
-
-        ``message`` is ignored on purpose: it holds the bytes that failed to parse.
-        """
-        reason = type(exc).__name__ if exc is not None else "unknown"
-        if summary().admit(f"http_error {status} {reason}"):
-            fields: dict[str, Any] = {"status": status, "reason": reason}
-            if status >= 500 and exc is not None:
-                fields["where"] = innermost_frame(exc.__traceback__)
-            log.warning("bad_request" if status < 500 else "request_failed", **fields)
-        if request.writer.output_size > 0:
-            # Part of a response is out already: the only honest answer left is to hang up.
-            raise ConnectionError("response already started; closing the connection")
-        rid = next_request_id()
-        if status >= 500:
-            response = error_response(
-                status, "INTERNAL", "The proxy failed unexpectedly; quote the requestId.", rid
-            )
-        else:
-            response = error_response(
-                status,
-                "VALIDATION",
-                "The request is not valid HTTP.",
-                rid,
-                details={"reason": reason},
-            )
-        response.force_close()
-        return response
+# aiohttp's own idle timer, far out of the way: a day of silence.
+_AIOHTTP_KEEPALIVE_S = 86400.0
 
 
 async def serve(settings: Settings, *, ready_message: bool = True) -> None:
@@ -282,7 +44,8 @@ async def serve(settings: Settings, *, ready_message: bool = True) -> None:
     app = create_app(settings)
     handler_options: dict[str, Any] = {
         "access_log": None,
-        "keepalive_timeout": settings.keepalive_timeout_s,
+        # HeadWatch keeps the keep-alive timeout (aiohttp cannot see fast-path requests).
+        "keepalive_timeout": _AIOHTTP_KEEPALIVE_S,
         "max_line_size": PARSER_MAX_LINE,
         "max_field_size": PARSER_MAX_FIELD,
     }
@@ -295,22 +58,20 @@ async def serve(settings: Settings, *, ready_message: bool = True) -> None:
         **handler_options,
     )
     await runner.setup()
+    fast = FastPolls(app) if settings.fast_path and settings.access_log != "all" else None
     # What start-up made (modules, settings, routes, services) lives as long as the process:
     # out of the collector's generations, every full collection is shorter by all of it.
     gc.collect()
     gc.freeze()
     server = runner.server
     assert server is not None  # set by setup()
-    watch = HeadWatch(settings.header_timeout_s)
+    watch = HeadWatch(settings.header_timeout_s, settings.keepalive_timeout_s)
     summary().interval_s = settings.log_summary_interval_s  # before the first request can log
-    # Every connection's handler copies this at creation: wrap it before the socket opens.
-    server.request_handler = guard_handler(
-        server.request_handler, settings, on_request=watch.on_request, on_done=watch.on_done
-    )
+    install_edge(runner, settings, on_request=watch.on_request, on_done=watch.on_done)
     loop = asyncio.get_running_loop()
 
     def make_protocol() -> EdgeProtocol:
-        return EdgeProtocol(server, watch, loop=loop, **handler_options)
+        return EdgeProtocol(server, watch, fast, loop=loop, **handler_options)
 
     listener = await loop.create_server(
         make_protocol,

@@ -22,6 +22,7 @@ class Stats:
     webhooks_received: int = 0
     redis_unavailable: int = 0  # cold requests answered 503 because Redis did not answer
     pool_waits: int = 0  # polls put back because no upstream connection came free in time
+    fast_answers: int = 0  # client requests answered by the fast path (part of client_requests)
     by_outcome: Counter[str] = field(default_factory=Counter)
     tenant_requests: Counter[str] = field(default_factory=Counter)
     # Fractional: a resource watched by several tenants is charged to them in equal parts.
@@ -42,5 +43,6 @@ class Stats:
             "webhooks_received": self.webhooks_received,
             "redis_unavailable": self.redis_unavailable,
             "pool_waits": self.pool_waits,
+            "fast_answers": self.fast_answers,
             "upstream_by_outcome": dict(self.by_outcome),
         }

@@ -280,6 +280,14 @@ class Settings:
     keepalive_timeout_s: float = field(
         default=30.0, metadata=doc("An idle keep-alive connection is closed after this.", gt=0)
     )
+    fast_path: bool = field(
+        default=True,
+        metadata=doc(
+            "Answer repeat polls of cached snapshots straight from the connection's bytes "
+            "(same answers, a fraction of the CPU); `false` sends every request through "
+            "aiohttp's router."
+        ),
+    )
     shutdown_timeout_s: float = field(
         default=5.0,
         metadata=doc("On SIGTERM/SIGINT, how long in-flight requests may take to finish.", gt=0),

@@ -118,7 +118,10 @@ class Access:
         """The caller; ``Unauthenticated`` when tokens are on and the token is not good."""
         if self.open:
             return self._open_caller
-        token = bearer_token(request)
+        return self.caller_for(bearer_token(request))
+
+    def caller_for(self, token: str) -> Caller:
+        """The caller holding ``token`` (tokens mode); ``Unauthenticated`` when it is not good."""
         if not token:
             raise Unauthenticated(
                 "A capability token is required: send 'Authorization: Bearer <token>' "

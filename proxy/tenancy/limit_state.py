@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from proxy.errors import TooManyRequests
 from proxy.resources import ResourceRef
@@ -147,3 +147,14 @@ class StreamHold:
         slot, self._slot = self._slot, None
         if slot is not None:
             await self._limits.give_back(slot)
+
+
+def keys_in(args: Sequence[Any]) -> list[str]:
+    """The resource keys of one tenant's watched-set refresh ([members_from, ms, key, ...])."""
+    return [str(key) for key in args[2::2]]
+
+
+def members_from(tenant: TenantConfig | None) -> int:
+    """The watched count from which a sync reads the member list as well: only near the limit,
+    so a resource another replica already watches is not refused as new."""
+    return max(1, (tenant.max_watched if tenant is not None else 0) // 2)

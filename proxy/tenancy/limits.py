@@ -3,25 +3,20 @@
 In open mode (no tenant) every check passes. Each limit keeps the hot path in memory and talks
 to Redis only in batches or in the background:
 
-* ``requests_per_second``: a cluster-wide sliding-window log in Redis hands out permits in
-  small batches that each replica spends locally; only a request that finds its replica's batch
-  empty waits on Redis.
+* ``requests_per_second``: a cluster-wide sliding-window log in Redis hands out permits in small
+  batches each replica spends locally; only a request that finds its batch empty waits on Redis.
 * ``max_watched``: a per-tenant sorted set in Redis (member = resource, score = expiry on the
-  Redis clock), refreshed by every interest flush (once per ``interest_flush_s``); replicas
-  decide locally against the last count they read.
+  Redis clock), refreshed by every interest flush; replicas decide against the last count read.
 * ``max_streams``: a per-tenant sorted set of stream slots (score = expiry), taken and given back
-  with one round trip each and kept alive by their holder (with the interest flush), so a
-  crashed replica's slots lapse.
+  with one round trip each and kept alive by their holder, so a crashed replica's slots lapse.
 
-The limits have no loop of their own: ``sync_request`` says what the interest flush should write
-for them (it sends that with its own writes, in one round trip, even when nothing else is
-watched) and ``sync_applied`` / ``sync_failed`` take the outcome back; a failed flush's entries
-are sent again with the next one. ``sync`` does the same on its own.
+No loop of their own: ``sync_request`` says what the interest flush should write for them (sent
+with its own writes, in one round trip), ``sync_applied`` / ``sync_failed`` take the outcome back
+(a failed flush's entries go again with the next one); ``sync`` does the same on its own.
 
 Redis trouble never turns into client errors or waits here: while Redis is down (or slower than
-200 ms to hand out permits) each replica enforces the limits on its own
-(per-replica rate and stream counts), says so once in the log, and goes back to the cluster-wide
-limits when Redis answers again.
+200 ms to hand out permits) each replica enforces the limits on its own, says so once in the
+log, and goes back to the cluster-wide limits when Redis answers again.
 """
 
 from __future__ import annotations
@@ -41,7 +36,16 @@ from proxy.store.base import text
 from proxy.store.errors import StoreError
 from proxy.store.redis_store import LimitsSync, RedisStore, WatchedCount
 from proxy.tenancy.config import TenantConfig
-from proxy.tenancy.limit_state import HeldSlot, Permits, StreamHold, Watched, over_limit, over_rate
+from proxy.tenancy.limit_state import (
+    HeldSlot,
+    Permits,
+    StreamHold,
+    Watched,
+    keys_in,
+    members_from,
+    over_limit,
+    over_rate,
+)
 
 if TYPE_CHECKING:
     from proxy.tenancy.access import Caller
@@ -109,15 +113,12 @@ class TenantLimits:
     async def admit(self, caller: Caller) -> None:
         """Raise ``TooManyRequests`` (with Retry-After) when the tenant is over its request rate."""
         tenant = caller.tenant
-        if tenant is None:
+        if tenant is None or self.try_admit(caller):
             return
         permits = self._permits.get(tenant.id)
         if permits is None:
             permits = self._permits[tenant.id] = Permits.for_rate(tenant.requests_per_second)
         permits.arrivals += 1
-        if permits.left:
-            permits.left -= 1
-            return
         now = self._clock.monotonic()
         if now < permits.denied_until:
             raise over_rate(tenant, permits)
@@ -125,6 +126,18 @@ class TenantLimits:
             self._admit_locally(tenant, permits, now)
             return
         await self._admit_after_refill(tenant, permits)
+
+    def try_admit(self, caller: Caller) -> bool:
+        """``admit`` when a permit is in hand (no wait, nothing raised); False changes nothing."""
+        tenant = caller.tenant
+        if tenant is None:
+            return True
+        permits = self._permits.get(tenant.id)
+        if permits is None or not permits.left:
+            return False
+        permits.arrivals += 1
+        permits.left -= 1
+        return True
 
     def _admit_locally(self, tenant: TenantConfig, permits: Permits, now: float) -> None:
         self._note_local()
@@ -316,7 +329,7 @@ class TenantLimits:
             watched = self._watched.get(tenant_id)
             if watched is not None:
                 members_now = frozenset(text(m) for m in members)
-                watched.synced(count, members_now, sent=_keys_in(args))
+                watched.synced(count, members_now, sent=keys_in(args))
 
     def sync_failed(self, request: LimitsSync) -> None:
         """A flush of ``request`` failed: send it again next time, decide locally meanwhile."""
@@ -326,7 +339,7 @@ class TenantLimits:
         for tenant_id, args in request.watched:
             watched = self._watched.get(tenant_id)
             if watched is not None:
-                watched.dirty.update(_keys_in(args))
+                watched.dirty.update(keys_in(args))
         for tenant_id, _ in request.slots:
             self._slots_refreshed.pop(tenant_id, None)  # due again at the next flush
 
@@ -349,7 +362,7 @@ class TenantLimits:
             if not watched.busy():
                 del self._watched[tenant_id]
                 continue
-            args: list[Any] = [self._members_from(tenant_id)]
+            args: list[Any] = [members_from(self._tenants.get(tenant_id))]
             for key in watched.dirty:
                 left_s = watched.expires.get(key, 0.0) - now
                 if left_s > 0:
@@ -373,12 +386,6 @@ class TenantLimits:
             calls.append((tenant_id, list(held)))
         return calls
 
-    def _members_from(self, tenant_id: str) -> int:
-        # Member lists are read only when the count is within reach of the limit, so a resource
-        # another replica already watches is not refused as new.
-        tenant = self._tenants.get(tenant_id)
-        return max(1, (tenant.max_watched if tenant is not None else 0) // 2)
-
     async def aclose(self) -> None:
         """Wait for the slot releases in flight (shutdown)."""
         if self._releases:
@@ -389,8 +396,3 @@ class TenantLimits:
         if now - self._warned.get(event, -math.inf) >= _WARN_EVERY_S:
             self._warned[event] = now
             log.warning(event, **fields)
-
-
-def _keys_in(args: Sequence[Any]) -> list[str]:
-    """The resource keys of one tenant's watched-set refresh ([members_from, ms, key, ...])."""
-    return [str(key) for key in args[2::2]]

@@ -18,6 +18,7 @@ from proxy.resources import PROGRESS, ResourceRef
 from proxy.services.watching import Watching
 from proxy.snapshot import Snapshot, etag_for
 from proxy.web import keys
+from proxy.web.admission import admit_watchers
 from proxy.web.handlers import servable
 from proxy.web.headers import etag_matches
 from proxy.web.streams import parse_id_list
@@ -35,30 +36,15 @@ def _error_item(raw_id: str, exc: ProxyError) -> bytes:
 async def get_progress_batch(request: web.Request) -> web.StreamResponse:
     """Many containers' progress in one request."""
     app = request.app
-    settings, watching, stats = app[keys.SETTINGS], app[keys.WATCHING], app[keys.STATS]
-    access, limits = app[keys.ACCESS], app[keys.LIMITS]
+    settings, watching = app[keys.SETTINGS], app[keys.WATCHING]
     raw = request.query.get("ids")
     if raw is None:
         raise InvalidRequest("Name the containers: ?ids=id1,id2,... (at most 100).")
     ids = parse_id_list(raw, PROGRESS, settings.max_stream_ids)
     if not ids:
         raise InvalidRequest("Name at least one container id in ?ids=.")
-    caller = access.caller(request)
-    await limits.admit(caller)
-    stats.client_requests += 1
-    stats.tenant_requests[caller.tenant_id] += 1
-
-    async def permitted(raw_id: str) -> ResourceRef | ProxyError:
-        try:
-            ref = await access.permit(caller, PROGRESS, raw_id)
-            limits.watch(caller, ref)
-        except ProxyError as exc:
-            return exc
-        return ref
-
-    # Owner lookups (a tenant restricted to projects) run side by side, not one per id.
-    refs = await asyncio.gather(*(permitted(raw_id) for raw_id in ids))
-
+    caller = app[keys.ACCESS].caller(request)
+    refs = await admit_watchers(request, caller, [(PROGRESS, i) for i in ids], item_errors=True)
     items = await collect_items(watching, caller.tenant_id, list(zip(ids, refs, strict=True)))
     return items_response(request, b'{"items":[' + b",".join(items) + b"]}")
 

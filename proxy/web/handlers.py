@@ -7,9 +7,9 @@ from aiohttp import web
 from proxy.resources import JOB, PROGRESS, ResourceKind, ResourceRef
 from proxy.services.watching import HIT, raise_for_error_only
 from proxy.snapshot import Snapshot
-from proxy.tenancy.access import Caller
 from proxy.tenancy.ownership import not_found
 from proxy.web import keys
+from proxy.web.admission import admit_watcher
 from proxy.web.headers import etag_matches, prefer_wait_s
 from proxy.web.responses import snapshot_response
 
@@ -20,30 +20,6 @@ def servable(snap: Snapshot, ref: ResourceRef) -> Snapshot:
     if snap.status_code == 404:
         raise not_found(ref)
     return snap
-
-
-async def admit_watcher(
-    request: web.Request, kind: ResourceKind, raw_id: str, caller: Caller | None = None
-) -> tuple[Caller, ResourceRef]:
-    """The caller (``caller``, or the request's) and the resource it may watch, counted.
-
-    400 when the id is malformed, 404 when the resource is not the caller's, 429 over the
-    tenant's limits; then the tenant is noted as watching it and the request is counted.
-    """
-    app = request.app
-    access, stats = app[keys.ACCESS], app[keys.STATS]
-    if caller is None:
-        caller = access.caller(request)
-    ref = access.resource(caller, kind, raw_id)
-    if caller.grant is not None:  # open mode has no tenant limits: skip the calls entirely
-        limits = app[keys.LIMITS]
-        await limits.admit(caller)
-        if caller.checks_owner:  # before anything about the resource is fetched or counted
-            await access.verify_owner(caller, ref)
-        limits.watch(caller, ref)
-    stats.client_requests += 1
-    stats.tenant_requests[caller.tenant_id] += 1
-    return caller, ref
 
 
 async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.StreamResponse:

@@ -2,7 +2,7 @@
 
 One layer: ``guard_handler`` wraps the application as a whole, as the server's request handler
 (it runs before aiohttp's router, whose default ``Expect`` handling turned a non-UTF-8 value into
-a 500). ``make_edge_middleware`` gives the same edge to an app that is served some other way.
+a 500); ``install_edge`` puts it in front of a set-up runner.
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
 
 import structlog
 from aiohttp import HttpVersion10, HttpVersion11, web
-from aiohttp.typedefs import Middleware
 
 from proxy.errors import ProxyError
 from proxy.logs import summary
@@ -79,15 +77,21 @@ def guard_handler(
     return functools.partial(_edge, inner=inner, edge=Edge(settings, on_request, on_done))
 
 
-def make_edge_middleware(settings: Settings) -> Middleware:
-    """The same edge as an aiohttp middleware, for an app served without ``guard_handler``."""
-    edge = Edge(settings)
+def install_edge(
+    runner: web.BaseRunner,
+    settings: Settings,
+    on_request: Callable[[web.BaseRequest], None] | None = None,
+    on_done: Callable[[web.BaseRequest], None] | None = None,
+) -> None:
+    """Put the edge in front of ``runner``'s application (``serve``, the demo, test servers).
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _edge(request, cast(AppHandler, handler), edge)
-
-    return middleware
+    Call it after ``runner.setup()`` and before the first connection: each connection copies
+    the server's handler as it opens.
+    """
+    server = runner.server
+    if server is None:
+        raise RuntimeError("install_edge needs a runner that has been set up")
+    server.request_handler = guard_handler(server.request_handler, settings, on_request, on_done)
 
 
 async def _edge(request: web.BaseRequest, inner: AppHandler, edge: Edge) -> web.StreamResponse:

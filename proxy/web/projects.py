@@ -16,8 +16,9 @@ from proxy.resources import PROGRESS, PROJECT, ResourceRef
 from proxy.streaming.project_feed import ProjectFeed
 from proxy.tenancy.access import Caller
 from proxy.web import keys
+from proxy.web.admission import admit_watcher
 from proxy.web.batch import collect_items, items_response
-from proxy.web.handlers import admit_watcher, servable
+from proxy.web.handlers import servable
 from proxy.web.streams import first_states, new_session, serve_session, stream_caller
 
 

@@ -21,6 +21,7 @@ from proxy.streaming import SHUTDOWN_RETRY_MS, Outcome, StreamSession
 from proxy.streaming.sse import parse_vector_id
 from proxy.tenancy.access import Caller
 from proxy.web import keys
+from proxy.web.admission import admit_watchers
 from proxy.web.handlers import servable
 from proxy.web.headers import parse_event_id
 from proxy.web.metrics_routes import count_response
@@ -219,18 +220,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _permitted(request: web.Request, caller: Caller) -> tuple[list[ResourceRef], bool]:
-    """The stream's resources once access, ownership and the tenant's limits allow them."""
+    """The stream's resources (each once) once access, ownership and the limits allow them."""
     wanted, single = _wanted(request)
-    app = request.app
-    access, limits = app[keys.ACCESS], app[keys.LIMITS]
     refs: list[ResourceRef] = []
-    for kind, raw in wanted:
-        ref = await access.permit(caller, kind, raw)  # the project-ownership check too
+    for ref in await admit_watchers(request, caller, wanted):
+        assert isinstance(ref, ResourceRef)  # without item_errors a refusal raises
         if ref not in refs:
             refs.append(ref)
-    await limits.admit(caller)
-    for ref in refs:
-        limits.watch(caller, ref)
     return refs, single
 
 
@@ -260,9 +256,6 @@ async def _open_session(
     request: web.Request, refs: list[ResourceRef], caller: Caller, *, single: bool
 ) -> StreamSession | web.StreamResponse:
     """The session with every first state, resumed from Last-Event-ID; a 204 when it has all."""
-    stats = request.app[keys.STATS]
-    stats.client_requests += 1
-    stats.tenant_requests[caller.tenant_id] += 1
     first = await first_states(request, refs, caller.tenant_id)
     if single and isinstance(first[0], ProxyError) and first[0].status < 500:
         raise first[0]  # not found or refused: a plain error envelope, nothing to stream

@@ -6,14 +6,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.errors import NotFound
 from proxy.redaction import Secret
 from proxy.settings import Settings
 from proxy.tenancy.config import parse_tenants
 from proxy.web.cors import ALLOW_HEADERS, EXPOSE_HEADERS, setup_cors
-from proxy.web.middlewares import make_edge_middleware
+from tests.edge_client import edge_client
 from tests.tenants.conftest import ACME_ORIGIN, GLOBEX_ORIGIN, acme_token, globex_token
 
 pytestmark = pytest.mark.timeout(10)
@@ -53,12 +53,12 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 async def client_for(auth_mode: str) -> TestClient[web.Request, web.Application]:
     settings = Settings(layers_api_key=Secret("k"), tenants=TENANTS, auth_mode=auth_mode)
-    app = web.Application(middlewares=[make_edge_middleware(settings)])
+    app = web.Application()
     setup_cors(app, settings)
     app.router.add_get("/ok", ok)
     app.router.add_get("/missing", missing)
     app.router.add_get("/stream", stream)
-    return TestClient(TestServer(app))
+    return await edge_client(app, settings)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from proxy.ids import canonical_container_id, canonical_job_id
 from proxy.retry_after import parse_retry_after
-from proxy.server import HeadTracker
 from proxy.web.headers import (
     cache_status,
     etag_matches,
@@ -18,6 +17,7 @@ from proxy.web.headers import (
     parse_event_id,
     prefer_wait_s,
 )
+from proxy.web.protocol import HeadTracker
 
 UUID = "3f2b8c1e-9a4d-4e7b-8c21-0a1b2c3d4e5f"
 ULID = "01HXZ9ABCDEFGHJKMNPQRSTVWX"

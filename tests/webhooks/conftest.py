@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 import fakeredis
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.clock import ManualClock
+from proxy.web import keys
+from tests.edge_client import edge_client
 from tests.webhooks.helpers import SECRET, FakeWatching, Replica, ReplicaFactory, build_app
 
 
@@ -34,8 +36,8 @@ async def make_replica(
 
     async def factory(secret: str = SECRET) -> Replica:
         watching = FakeWatching()
-        client = TestClient(TestServer(build_app(redis_server, clock, watching, secret)))
-        await client.start_server()
+        app = build_app(redis_server, clock, watching, secret)
+        client = await edge_client(app, app[keys.SETTINGS])
         clients.append(client)
         return Replica(client, watching, clock)
 

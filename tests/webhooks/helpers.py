@@ -19,7 +19,6 @@ from proxy.services.stats import Stats
 from proxy.settings import Settings
 from proxy.store.redis_store import RedisStore
 from proxy.web import keys
-from proxy.web.middlewares import make_edge_middleware
 from proxy.webhooks import WEBHOOK_WORK, add_webhook_routes, sign
 from proxy.webhooks.receiver import WebhookWork
 
@@ -124,14 +123,15 @@ ReplicaFactory = Callable[..., Awaitable[Replica]]
 def build_app(
     server: fakeredis.FakeServer, clock: ManualClock, watching: FakeWatching, secret: str
 ) -> web.Application:
-    """The smallest app the receiver runs in: edge middleware, the app keys it reads, a store."""
+    """The smallest app the receiver runs in: the app keys it reads, a store (serve it with
+    ``edge_client``)."""
     settings = Settings(
         layers_api_key=Secret("lp_test_unused"),
         webhook_secret=Secret(secret),
         auth_mode="none",
         replica_id=f"replica-{id(watching)}",
     )
-    app = web.Application(middlewares=[make_edge_middleware(settings)])
+    app = web.Application()
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock
     app[keys.STATS] = Stats()
