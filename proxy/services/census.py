@@ -82,6 +82,7 @@ class Census:
         self._settings = settings
         self._clock = clock
         self._weights = {t.id: t.weight for t in settings.tenants}
+        self._total_weight = sum(self._weights.values()) or 1.0
         self._budget_per_s = settings.budget_per_min / 60.0 * _SCHEDULED_SHARE
         self._ttl_ms = int(settings.linger_s * 1000)
         self.allocation = Allocation({}, {}, {}, {}, {})
@@ -100,19 +101,23 @@ class Census:
         return max(tenants, key=lambda t: (rates.get(t, 0.0), t))
 
     def tenant_budget(self, tenant: str) -> BudgetPolicy:
-        """A GCRA at the tenant's fair rate (its weight's share until the census knows it).
+        """A GCRA at the tenant's fair rate plus its weight's part of what nobody is using.
 
-        In open mode (no tenants configured) there is no per-tenant bucket: the shared one is all.
+        The spare part matters when the budget is not contended: the census lags demand by a
+        flush and a refresh, and a bucket held at the demand it last saw would hold back the
+        polls of a tenant that has just started watching more. Under contention nothing is
+        spare and the bucket is the fair rate. In open mode (no tenants configured) there is no
+        per-tenant bucket: the shared one is all.
         """
         if not self._weights:
             return BudgetPolicy()
-        rate = self.allocation.tenant_rate.get(tenant)
-        if not rate:
-            total = sum(self._weights.values())
-            rate = self._budget_per_s * self._weights.get(tenant, 1.0) / total
-        # 10% above the fair rate: the tenant's resources, each at its fair interval, add up to
-        # exactly that rate, and a bucket they saturate would let jitter starve an unlucky one.
-        # The bucket is there to stop cold-fetch storms; the shared bucket is the hard cap.
+        rates = self.allocation.tenant_rate
+        spare = max(0.0, self._budget_per_s - sum(rates.values()))
+        weight = self._weights.get(tenant, 1.0) / self._total_weight
+        rate = rates.get(tenant, 0.0) + spare * weight
+        # 10% above that rate: the tenant's resources, each at its fair interval, add up to
+        # exactly its fair rate, and a bucket they saturate would let jitter starve an unlucky
+        # one. The bucket is there to stop cold-fetch storms; the shared bucket is the hard cap.
         interval_ms = int(1000 / max(rate * _TENANT_HEADROOM, 1e-6)) + 1
         # One spare slot absorbs scheduling jitter without letting a tenant burst ahead.
         return BudgetPolicy(interval_ms=interval_ms, burst_ms=interval_ms)
