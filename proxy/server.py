@@ -21,13 +21,13 @@ from aiohttp import web
 
 from proxy.logs import scrubber, summarize_forever, summary
 from proxy.settings import Settings
+from proxy.streaming import SHUTDOWN_RETRY_MS
 from proxy.tasks import spawn
 from proxy.web import keys
 from proxy.web.app import create_app
 from proxy.web.fast_polls import FastPolls
 from proxy.web.middlewares import install_edge
 from proxy.web.protocol import PARSER_MAX_FIELD, PARSER_MAX_LINE, EdgeProtocol, HeadWatch
-from proxy.web.streams import SHUTDOWN_RETRY_MS
 from proxy.workers import is_worker
 
 log = structlog.get_logger("proxy.server")

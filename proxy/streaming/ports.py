@@ -33,6 +33,9 @@ class Sink(Protocol):
     def abort(self) -> None:
         """Drop the connection (a reader that stopped reading during shutdown)."""
 
+    async def end(self, outcome: Outcome | None) -> None:
+        """The stream is over (None: cancelled, the client is gone); ``run`` calls it last."""
+
 
 class Outcome(enum.Enum):
     """Why ``run`` returned."""
@@ -41,3 +44,4 @@ class Outcome(enum.Enum):
     SHUTDOWN = "shutdown"  # the replica stops; the client was told to come back soon
     EXPIRED = "expired"  # the token reached its exp; the client was told TOKEN_EXPIRED
     LEFT = "left"  # the client went away or stopped reading
+    FAILED = "failed"  # a bug: nothing more can be said past the head, the connection drops

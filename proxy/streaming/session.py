@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from proxy.errors import ProxyError
+from proxy.logs import summary
 from proxy.resources import ResourceRef
 from proxy.services.stats import Stats
 from proxy.snapshot import Snapshot
@@ -167,13 +168,15 @@ class StreamSession:
                     self._mark_done(slot)
 
     async def run(self, sink: Sink) -> Outcome:
-        """Serve the stream on ``sink`` until it ends; every subscription is released after."""
+        """Serve the stream on ``sink`` until it ends; every subscription is released after,
+        then ``sink.end`` is awaited (the HTTP edge ends its response there)."""
         self._sink, self._loop = sink, asyncio.get_running_loop()
         self._running = True
         self._stats.streams_open += 1
         for slot in self._slots.values():
             self._feed.watch(slot.ref, self.tenant, self)
         self._hub.add(self)
+        outcome: Outcome | None = None
         try:
             await self._open()
             while not self._ending():
@@ -186,19 +189,29 @@ class StreamSession:
                         self._waiter = None
                 self._woken = False
                 await self._step()
-            return await self._finish()
+            outcome = await self._finish()
         except (ConnectionError, TimeoutError) as exc:
             log.debug("stream_closed", reason=type(exc).__name__)
-            return Outcome.LEFT
+            outcome = Outcome.LEFT
         except asyncio.CancelledError:
             log.debug("stream_closed", reason="CancelledError")
             raise
+        except Exception:
+            # A bug: past the head nothing can tell the client; one traceback per kind.
+            if summary().admit("stream_failed"):
+                log.exception("stream_failed", request_id=self._request_id)
+            outcome = Outcome.FAILED
         finally:
-            self._fast = self._running = False
-            self._hub.discard(self)
-            self._stats.streams_open -= 1
-            for slot in self._slots.values():
-                self._feed.unwatch(slot.ref, self.tenant, self)
+            self._release()
+            await sink.end(outcome)
+        return outcome
+
+    def _release(self) -> None:
+        self._fast = self._running = False
+        self._hub.discard(self)
+        self._stats.streams_open -= 1
+        for slot in self._slots.values():
+            self._feed.unwatch(slot.ref, self.tenant, self)
 
     # -- what the hub and the cache call -----------------------------------------------------
 

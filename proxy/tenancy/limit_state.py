@@ -129,9 +129,9 @@ class SlotKeeper(Protocol):
 
 
 class StreamHold:
-    """``async with limits.stream(caller, refs)``: a class rather than a generator-based context
-    manager, since an open stream keeps its context manager alive (an async generator costs a
-    frame and a weak reference more per stream)."""
+    """``async with limits.stream(caller, refs)``, or ``take`` and ``release`` when the slot
+    outlives the handler (an ``EventStream``'s body): a class rather than a generator-based
+    context manager, which would cost a frame and a weak reference more per open stream."""
 
     __slots__ = ("_caller", "_limits", "_refs", "_slot")
 
@@ -139,14 +139,40 @@ class StreamHold:
         self._limits, self._caller, self._refs = limits, caller, refs
         self._slot: HeldSlot | None = None
 
-    async def __aenter__(self) -> None:
+    async def take(self) -> None:
+        """Take the slot (``TooManyRequests`` when none is free)."""
         self._slot = await self._limits.take_slot(self._caller, self._refs)
         self._refs = ()
 
-    async def __aexit__(self, *_: object) -> None:
+    async def release(self) -> None:
+        """Give the slot back (once; later calls do nothing)."""
         slot, self._slot = self._slot, None
         if slot is not None:
             await self._limits.give_back(slot)
+
+    async def __aenter__(self) -> None:
+        await self.take()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.release()
+
+
+class _NoHold(StreamHold):
+    """Open mode: no tenant, so no slot to take (one shared instance; open streams cost none)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        pass
+
+    async def take(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass
+
+
+NO_HOLD: StreamHold = _NoHold()
 
 
 def keys_in(args: Sequence[Any]) -> list[str]:

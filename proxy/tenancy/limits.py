@@ -37,6 +37,7 @@ from proxy.store.errors import StoreError
 from proxy.store.redis_store import LimitsSync, RedisStore, WatchedCount
 from proxy.tenancy.config import TenantConfig
 from proxy.tenancy.limit_state import (
+    NO_HOLD,
     HeldSlot,
     Permits,
     StreamHold,
@@ -237,6 +238,8 @@ class TenantLimits:
         """``async with``: one of the tenant's ``max_streams`` slots while a stream is open
         (``TooManyRequests`` when none is free); ``refs`` (already passed to ``watch``) stay
         counted as watched while it is open, not just for the linger after it started."""
+        if caller.tenant is None:
+            return NO_HOLD
         return StreamHold(self, caller, refs)
 
     async def take_slot(self, caller: Caller, refs: Iterable[ResourceRef]) -> HeldSlot | None:

@@ -19,6 +19,7 @@ from proxy.logs import summary
 from proxy.request_ids import next_request_id
 from proxy.settings import Settings
 from proxy.web import keys
+from proxy.web.event_stream import EventStream
 from proxy.web.headers import expect_is_continue
 from proxy.web.metrics_routes import count_response
 from proxy.web.responses import error_response, proxy_error_response
@@ -71,10 +72,12 @@ def guard_handler(
     the size limits, error envelopes and the access log. ``on_request`` sees every parsed
     request first and ``on_done`` when its handler returned (the header-timeout bookkeeping).
 
-    A partial of one coroutine function, and the application has no middleware: every open
-    stream keeps the frames between the connection and its handler alive, so there is one.
+    A partial (positional: no keyword dict per call) of one coroutine function, and the
+    application has no middleware: one frame per
+    request in flight. A stream's body (an ``EventStream``) runs after this returns; it calls
+    ``on_done`` itself when it ends.
     """
-    return functools.partial(_edge, inner=inner, edge=Edge(settings, on_request, on_done))
+    return functools.partial(_edge, inner, Edge(settings, on_request, on_done))
 
 
 def install_edge(
@@ -94,9 +97,10 @@ def install_edge(
     server.request_handler = guard_handler(server.request_handler, settings, on_request, on_done)
 
 
-async def _edge(request: web.BaseRequest, inner: AppHandler, edge: Edge) -> web.StreamResponse:
+async def _edge(inner: AppHandler, edge: Edge, request: web.BaseRequest) -> web.StreamResponse:
     if edge.on_request is not None:
         edge.on_request(request)
+    response: web.StreamResponse | None = None
     try:
         if request.version not in _VERSIONS:
             return _refuse(request, 400, "Only HTTP/1.0 and HTTP/1.1 are served.")
@@ -106,7 +110,6 @@ async def _edge(request: web.BaseRequest, inner: AppHandler, edge: Edge) -> web.
         rid = next_request_id()
         request[keys.REQUEST_ID] = rid
         started = time.perf_counter()
-        response: web.StreamResponse
         refused = _refused_head(request, edge, rid)
         if refused is not None:
             response = refused
@@ -127,7 +130,10 @@ async def _edge(request: web.BaseRequest, inner: AppHandler, edge: Edge) -> web.
         return response
     finally:
         if edge.on_done is not None:
-            edge.on_done(request)
+            if isinstance(response, EventStream):
+                response.call_when_done(edge.on_done)  # its body runs after this returns
+            else:
+                edge.on_done(request)
 
 
 def _refuse(request: web.BaseRequest, status: int, message: str) -> web.Response:

@@ -18,8 +18,9 @@ from proxy.tenancy.access import Caller
 from proxy.web import keys
 from proxy.web.admission import admit_watcher
 from proxy.web.batch import collect_items, items_response
+from proxy.web.event_stream import open_stream
 from proxy.web.handlers import servable
-from proxy.web.streams import first_states, new_session, serve_session, stream_caller
+from proxy.web.streams import first_states, new_session, stream_caller
 
 
 async def watched_project(
@@ -85,9 +86,12 @@ async def stream_project(request: web.Request) -> web.StreamResponse:
         window_ms=int(settings.project_recent_s * 1000),
         now_ms=watching.now_ms,
     )
-    async with app[keys.LIMITS].stream(caller, [project]):
+    hold = app[keys.LIMITS].stream(caller, [project])
+    await hold.take()
+    try:
         feed.start((ref, state, listed) for (ref, listed), state in zip(shown, first, strict=True))
-        try:
-            return await serve_session(request, session)
-        finally:
-            feed.close()
+    except BaseException:
+        feed.close()
+        await hold.release()
+        raise
+    return await open_stream(request, session, hold, on_close=feed.close)

@@ -62,6 +62,7 @@ class FakeSink:
         self.task_writes = 0
         self.direct_writes = 0
         self.blocked = 0  # task writes waiting at the gate now
+        self.ended: list[Outcome | None] = []  # what run told end, once per run
 
     async def send(self, data: bytes) -> None:
         self.blocked += 1
@@ -81,6 +82,9 @@ class FakeSink:
 
     def abort(self) -> None:
         self.aborted = True
+
+    async def end(self, outcome: Outcome | None) -> None:
+        self.ended.append(outcome)
 
     def frames(self) -> list[dict[str, Any]]:
         """Every frame, parsed: its fields, data decoded as JSON."""
