@@ -83,7 +83,7 @@ def items_response(request: web.Request, body: bytes) -> web.Response:
     headers = {
         "ETag": etag,
         "Cache-Control": "no-cache",
-        "X-Request-Id": request[keys.REQUEST_ID],
+        "X-Request-Id": keys.request_id(request) or "",
     }
     if etag_matches(request.headers.get("If-None-Match"), etag):
         request.app[keys.STATS].not_modified += 1

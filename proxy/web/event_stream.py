@@ -52,7 +52,7 @@ class EventStream(web.StreamResponse):
                 "Content-Type": "text/event-stream",
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",
-                "X-Request-Id": request[keys.REQUEST_ID],
+                "X-Request-Id": keys.request_id(request) or "",
             },
         )
         self._request = request

@@ -32,7 +32,7 @@ async def _serve(request: web.Request, kind: ResourceKind, raw_id: str) -> web.S
     else:
         snap, how = await watching.snapshot(ref, caller.tenant_id)
     snap = servable(snap, ref)
-    rid = request[keys.REQUEST_ID]
+    rid = keys.request_id(request) or ""
     if etag_matches(request.headers.get("If-None-Match"), snap.etag):
         wait_s = prefer_wait_s(request.headers.get("Prefer"), max_s=settings.long_poll_max_s)
         extra = None

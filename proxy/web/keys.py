@@ -35,3 +35,25 @@ CENSUS: web.AppKey[Census] = web.AppKey("census")
 STREAM_HUB: web.AppKey[StreamHub] = web.AppKey("stream_hub")
 METRICS = web.AppKey("metrics", Metrics)
 METRICS_REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("metrics_registry")
+
+
+def set_request_id(request: web.BaseRequest, rid: str) -> None:
+    """Give ``request`` its id (the edge does, first).
+
+    On the connection when its protocol has a slot for it (the edge's ``EdgeProtocol``, which
+    handles one request at a time): a request whose state stays empty has no keys table, which
+    an open stream would keep for its whole life. Elsewhere (test servers) in the request's state.
+    """
+    protocol = request.protocol
+    if hasattr(type(protocol), "request_id"):
+        protocol.request_id = rid  # type: ignore[attr-defined]
+    else:
+        request[REQUEST_ID] = rid
+
+
+def request_id(request: web.BaseRequest) -> str | None:
+    """The id the edge gave ``request`` (None for a request that did not pass the edge)."""
+    rid = getattr(request.protocol, "request_id", None)
+    if isinstance(rid, str):
+        return rid
+    return request.get(REQUEST_ID)

@@ -108,7 +108,7 @@ async def _edge(inner: AppHandler, edge: Edge, request: web.BaseRequest) -> web.
         if expect and not expect_is_continue(expect):
             return _refuse(request, 417, "Only 'Expect: 100-continue' is supported.")
         rid = next_request_id()
-        request[keys.REQUEST_ID] = rid
+        keys.set_request_id(request, rid)
         started = time.perf_counter()
         refused = _refused_head(request, edge, rid)
         if refused is not None:

@@ -233,7 +233,7 @@ class EdgeProtocol(web.RequestHandler):
     """aiohttp's request handler with the edge's timeouts, enveloped parser errors and the
     cached-poll fast path (``fast``; None turns it off)."""
 
-    __slots__ = ("fast", "head", "watch")
+    __slots__ = ("fast", "head", "request_id", "watch")
 
     def __init__(
         self, manager: web.Server, watch: HeadWatch, fast: FastPolls | None, **kwargs: Any

@@ -65,7 +65,7 @@ def new_session(
         single=single,
         expires_at=caller.grant.expires_at if caller.grant is not None else None,
         retry_ms=app[keys.SETTINGS].sse_retry_ms,
-        request_id=request[keys.REQUEST_ID],
+        request_id=keys.request_id(request) or "",
         new_request_id=next_request_id,
         end_when_done=end_when_done,
     )
@@ -164,5 +164,5 @@ async def _open_session(
     else:
         session.resume(parse_vector_id(last_id, len(refs)))
     if session.finished:
-        return web.Response(status=204, headers={"X-Request-Id": request[keys.REQUEST_ID]})
+        return web.Response(status=204, headers={"X-Request-Id": keys.request_id(request) or ""})
     return session

@@ -215,7 +215,7 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
 
 def _answer(request: web.Request, status: int, body: dict[str, Any]) -> web.Response:
     headers = {"Cache-Control": "no-store"}
-    rid = request.get(keys.REQUEST_ID)
+    rid = keys.request_id(request)
     if isinstance(rid, str):
         headers["X-Request-Id"] = rid
     return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
