@@ -7,7 +7,8 @@ the data, so a slow consumer reads only the latest state when it gets round to i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from proxy.snapshot import Snapshot
@@ -19,7 +20,7 @@ class Listener(Protocol):
     def notify(self, key: str) -> None: ...
 
 
-class _FutureListener:
+class Waiter:
     """A one-shot listener that resolves a future (cold fetches, long-polls)."""
 
     def __init__(self, accept: Callable[[Snapshot], bool]) -> None:
@@ -33,6 +34,12 @@ class _FutureListener:
         snap = self.cache.get(key)
         if snap is not None and self.accept(snap):
             self.future.set_result(snap)
+
+    async def result(self, timeout_s: float) -> Snapshot | None:
+        """The accepted snapshot, or None after ``timeout_s`` (the listener keeps listening)."""
+        if not self.future.done():
+            await asyncio.wait((self.future,), timeout=timeout_s)  # never cancels the future
+        return self.future.result() if self.future.done() else None
 
 
 class SnapshotCache:
@@ -97,20 +104,27 @@ class SnapshotCache:
         """True while anybody waits on ``key``."""
         return key in self._listeners
 
+    @contextlib.contextmanager
+    def waiting(self, key: str, accept: Callable[[Snapshot], bool]) -> Iterator[Waiter]:
+        """Listen for the first snapshot of ``key`` that ``accept`` takes, for the whole block.
+
+        Listening before the first read of Redis means a write announced meanwhile is re-read
+        and reaches the waiter (the subscriber ignores news of keys nobody here waits for).
+        """
+        waiter = Waiter(accept)
+        waiter.cache = self
+        self.listen(key, waiter)
+        try:
+            current = self._entries.get(key)
+            if current is not None:
+                waiter.notify(key)
+            yield waiter
+        finally:
+            self.unlisten(key, waiter)
+
     async def wait_for(
         self, key: str, accept: Callable[[Snapshot], bool], timeout_s: float
     ) -> Snapshot | None:
         """The first snapshot of ``key`` that ``accept`` takes (the current one counts), or None."""
-        current = self._entries.get(key)
-        if current is not None and accept(current):
-            return current
-        waiter = _FutureListener(accept)
-        waiter.cache = self
-        self.listen(key, waiter)
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await waiter.future
-        except TimeoutError:
-            return None
-        finally:
-            self.unlisten(key, waiter)
+        with self.waiting(key, accept) as waiter:
+            return await waiter.result(timeout_s)

@@ -14,7 +14,7 @@ import math
 from proxy.clock import Clock
 from proxy.errors import ProxyError, Unavailable, UpstreamRateLimited, UpstreamTimeout
 from proxy.resources import ResourceRef
-from proxy.services.cache import Listener, SnapshotCache
+from proxy.services.cache import Listener, SnapshotCache, Waiter
 from proxy.services.interest import InterestTracker
 from proxy.services.scheduler import Scheduler
 from proxy.services.stats import Stats
@@ -110,6 +110,14 @@ class Watching:
             ) from None
 
     async def _fetch_cold_via_redis(self, ref: ResourceRef, tenant: str) -> tuple[Snapshot, str]:
+        # Waiting from before the first read: another replica's write that lands at any point
+        # from here on reaches this request by its announcement, not by a re-read a step later.
+        with self.cache.waiting(ref.key, lambda _: True) as waiter:
+            return await self._fetch_cold_waiting(ref, tenant, waiter)
+
+    async def _fetch_cold_waiting(
+        self, ref: ResourceRef, tenant: str, waiter: Waiter
+    ) -> tuple[Snapshot, str]:
         key = ref.key
         stored = await self._store.read(key)
         if stored is not None and not (stored.expires_ms and stored.expires_ms <= self.now_ms()):
@@ -146,7 +154,7 @@ class Watching:
                     f"The Layers API did not answer for {ref.kind.id_field} {ref.id} within "
                     f"{self._settings.cold_wait_s:g}s."
                 )
-            got = await self.cache.wait_for(key, lambda _: True, min(remaining, step_s))
+            got = await waiter.result(min(remaining, step_s))
             if got is None:
                 got = await self._store.read(key)
                 if got is not None:

@@ -7,6 +7,7 @@ the subscriber would re-read.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -177,3 +178,29 @@ async def test_another_replicas_write_is_read_once_by_a_watcher() -> None:
     await other.write(fence, b"two")
     me.sub.on_message(await me.next_announcement())
     assert me.will_reread()
+
+
+@pytest.mark.timeout(10)
+async def test_a_cold_waiter_hears_a_write_announced_before_it_waits() -> None:
+    """A cold fetch listens from before its first read: another replica's write announced
+    while it is still taking the lease is re-read and reaches it (not a re-read a step later).
+    Without a listener nothing here watches the key, and the announcement is ignored."""
+    server = fakeredis.FakeServer()
+    me, other = Replica(server, "r1"), Replica(server, "r2")
+    await me.listen()
+    fence = await lease(other)
+    await other.write(fence, b"one")
+    me.sub.on_message(await me.next_announcement())
+    assert not me.will_reread()  # nobody here asked for it
+
+    with me.cache.waiting(REF.key, lambda _: True) as waiter:
+        await other.write(fence, b"two")
+        me.sub.on_message(await me.next_announcement())
+        assert me.will_reread()
+        refresh = asyncio.create_task(me.sub.refresh_forever())
+        try:
+            got = await waiter.result(5.0)
+        finally:
+            refresh.cancel()
+    assert got is not None and got.body == b"two"
+    assert not me.cache.has_listeners(REF.key)  # the block's end stops the listening
