@@ -69,6 +69,10 @@ class EventStream(web.StreamResponse):
         """Send the head (status and headers); the session's first frame follows in the body."""
         await self.prepare(self._request)
         count_response(self._request, self)
+        te = self.headers.get(hdrs.TRANSFER_ENCODING, "")
+        self._framed = te.lower() == "chunked"
+        # The head is serialised: its ~0.8 KB of header entries would idle with the stream.
+        self.headers.clear()
         _tune_socket(self._transport, self._timeout_s)
 
     def call_when_done(self, done: Done) -> None:
@@ -116,8 +120,6 @@ class EventStream(web.StreamResponse):
             async with asyncio.timeout(self._timeout_s):
                 await self.write(data)
         if not self._direct:
-            te = self.headers.get(hdrs.TRANSFER_ENCODING, "")
-            self._framed = te.lower() == "chunked"
             self._direct = not self.compression
 
     def send_now(self, data: bytes) -> bool:
