@@ -65,6 +65,9 @@ class Leases:
         self.on_adopt: Callable[[Lease], None] = _ignore_lease
         self.on_forget: Callable[[str], None] = _ignore_key
 
+    def __len__(self) -> int:
+        return len(self._held)
+
     def get(self, key: str) -> Lease | None:
         """The lease held for ``key``, if any."""
         return self._held.get(key)

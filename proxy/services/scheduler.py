@@ -30,6 +30,10 @@ from proxy.upstream.client import UpstreamClient
 
 log = structlog.get_logger("proxy.scheduler")
 
+# Cadence polls of one replica start at least this far apart (less when it holds so many leases
+# that this would crowd the floor): about one fan-out of a snapshot to 1,000 streams.
+MAX_SPACING_S = 0.05
+
 __all__ = ["Scheduler", "TerminalHook"]
 
 
@@ -74,6 +78,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_start = -math.inf  # local monotonic time the last poll started
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -124,23 +129,43 @@ class Scheduler:
         return self._due.get(key)
 
     def _schedule(self, key: str, at: float) -> None:
+        self._push(key, at)
+        self._wake.set()
+
+    def _push(self, key: str, at: float) -> None:
         self._due[key] = at
         heapq.heappush(self._heap, (at, next(self._seq), key))
-        self._wake.set()
+
+    def spacing_s(self) -> float:
+        """The least time between two cadence polls' starts here (see ``run_due``)."""
+        return min(MAX_SPACING_S, self._settings.floor_s / (2 * max(1, len(self.leases))))
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run_due(self) -> float | None:
-        """Start a poll for every lease that is due; return seconds until the next one (or None)."""
+        """Start a poll for every lease that is due; return seconds until the next one (or None).
+
+        Cadence polls start at least ``spacing_s`` apart: polls that fell due together (after a
+        stall of the loop, say) would otherwise keep one phase for good, and their answers' fan-
+        outs would queue behind each other at every turn. Only ever later, so the cadence holds;
+        a cold lease's first poll (a client is waiting) is never held back.
+        """
         now = self._clock.monotonic()
+        spacing_s = self.spacing_s()
         while self._heap and self._heap[0][0] <= now:
             at, _, key = heapq.heappop(self._heap)
             if self._due.get(key) != at:
                 continue  # superseded by a later schedule() call
-            del self._due[key]
             lease = self.leases.get(key)
             if lease is None or lease.in_flight:
+                del self._due[key]
                 continue
+            next_start = self._last_start + spacing_s
+            if not lease.cold and next_start > now:
+                self._push(key, next_start)
+                continue
+            del self._due[key]
+            self._last_start = now
             lease.in_flight = True
             task = asyncio.create_task(self.polls.poll(lease))
             self._tasks.add(task)

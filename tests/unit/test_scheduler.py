@@ -12,7 +12,8 @@ from proxy.clock import ManualClock
 from proxy.redaction import Secret
 from proxy.resources import PROGRESS, ResourceRef
 from proxy.services.cache import SnapshotCache
-from proxy.services.scheduler import Scheduler
+from proxy.services.leases import Lease
+from proxy.services.scheduler import MAX_SPACING_S, Scheduler
 from proxy.services.stats import Stats
 from proxy.settings import Settings, load_settings
 from proxy.store import keys
@@ -207,3 +208,45 @@ async def test_a_new_holder_waits_out_the_floor_after_redis_forgot() -> None:
     scheduler.run_due()
     await scheduler.drain()
     assert len(transport.calls) == 1
+
+
+async def test_polls_due_together_start_apart_and_keep_their_phases() -> None:
+    """Three cadence polls due in one instant start 50 ms apart (only ever later), and stay
+    apart at every turn after; cold first polls are never held back."""
+    scheduler, _, clock, store = await make([body("generating_visuals")])
+    refs = [REF] + [
+        ResourceRef(PROGRESS, f"cnt_{i}f2b8c1e-9a4d-4e7b-8c21-0a1b2c3d4e5f") for i in (1, 2)
+    ]
+    for ref in refs[1:]:
+        [touched] = await store.touch_many([(ref.key, True, -1)])
+        scheduler.leases.adopt(ref, touched.fence)
+    started: list[tuple[float, str]] = []
+
+    async def poll(lease: Lease) -> None:  # a cadence poll: the next one 2 s after this one
+        started.append((clock.monotonic(), lease.ref.key))
+        lease.cold = lease.in_flight = False
+        scheduler._schedule(lease.ref.key, clock.monotonic() + 2.0)
+
+    scheduler.polls.poll = poll  # type: ignore[method-assign]
+    t0 = clock.monotonic()
+    scheduler.run_due()
+    await scheduler.drain()
+    assert [t for t, _ in started] == [t0] * 3  # cold: all at once
+    assert scheduler.spacing_s() == MAX_SPACING_S == 0.05
+
+    async def run_until(t: float) -> None:
+        while True:
+            wait = scheduler.run_due()
+            await scheduler.drain()  # the polls started record their start time
+            if wait is None or clock.monotonic() + wait > t + 1e-9:
+                return
+            clock.advance(wait)
+
+    for turn in (1, 2, 3):
+        started.clear()
+        clock.advance(t0 + 2.0 * turn - clock.monotonic())
+        await run_until(t0 + 2.0 * turn + 0.2)
+        offsets = [round(t - t0 - 2.0 * turn, 3) for t, _ in started]
+        # Turn 1 queued them; after that each is due 2 s after its own start: apart for good.
+        assert offsets == [0.0, 0.05, 0.1], (turn, offsets)
+        assert sorted(k for _, k in started) == sorted(r.key for r in refs)
