@@ -20,6 +20,7 @@ BENCHMARKS = (
     "throughput",
     "sse",
     "stream_memory",
+    "fanout",
     "fairness",
     "jobs",
     "workers",

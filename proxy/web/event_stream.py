@@ -31,6 +31,25 @@ _SEND_BUFFER_BYTES = 16 * 1024
 Done = Callable[[web.BaseRequest], None]
 
 
+class _LastChunk:
+    """The last frame, chunk-framed: a fan-out hands every stream the same frame object in a
+    row, so the framing (a copy of the frame) is done once per fan-out, not once per stream."""
+
+    __slots__ = ("chunk", "frame")
+
+    def __init__(self) -> None:
+        self.frame = self.chunk = b""  # an empty frame frames as nothing (never as the end)
+
+    def __call__(self, data: bytes) -> bytes:
+        if data is not self.frame:
+            self.chunk = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            self.frame = data
+        return self.chunk
+
+
+frame_chunk = _LastChunk()  # also the fan-out benchmark's framing
+
+
 class EventStream(web.StreamResponse):
     """One stream's response and the sink its session writes to.
 
@@ -129,7 +148,7 @@ class EventStream(web.StreamResponse):
             return False
         if transport.get_write_buffer_size() > 0:
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._framed else data)
+        transport.write(frame_chunk(data) if self._framed else data)
         return True
 
     def abort(self) -> None:
