@@ -23,13 +23,13 @@ class Listener(Protocol):
 class Waiter:
     """A one-shot listener that resolves a future (cold fetches, long-polls)."""
 
-    def __init__(self, accept: Callable[[Snapshot], bool]) -> None:
+    def __init__(self, cache: SnapshotCache, accept: Callable[[Snapshot], bool]) -> None:
         self.future: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
         self.accept = accept
-        self.cache: SnapshotCache | None = None
+        self.cache = cache
 
     def notify(self, key: str) -> None:
-        if self.cache is None or self.future.done():
+        if self.future.done():
             return
         snap = self.cache.get(key)
         if snap is not None and self.accept(snap):
@@ -111,13 +111,10 @@ class SnapshotCache:
         Listening before the first read of Redis means a write announced meanwhile is re-read
         and reaches the waiter (the subscriber ignores news of keys nobody here waits for).
         """
-        waiter = Waiter(accept)
-        waiter.cache = self
+        waiter = Waiter(self, accept)
         self.listen(key, waiter)
         try:
-            current = self._entries.get(key)
-            if current is not None:
-                waiter.notify(key)
+            waiter.notify(key)  # the current snapshot counts
             yield waiter
         finally:
             self.unlisten(key, waiter)

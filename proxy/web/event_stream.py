@@ -90,7 +90,7 @@ class EventStream(web.StreamResponse):
         count_response(self._request, self)
         te = self.headers.get(hdrs.TRANSFER_ENCODING, "")
         self._framed = te.lower() == "chunked"
-        # The head is serialised: its ~0.8 KB of header entries would idle with the stream.
+        # The head is serialised: its header entries (about 0.95 KB) would idle with the stream.
         self.headers.clear()
         _tune_socket(self._transport, self._timeout_s)
 
