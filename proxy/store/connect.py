@@ -216,7 +216,7 @@ def make_clients(url: str, *, timeout_s: float) -> tuple[Redis, Redis]:
 
 
 def _sentinel_clients(target: SentinelTarget, timeout_s: float) -> tuple[Redis, Redis]:
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(target.sentinels),
         sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
     )

@@ -15,7 +15,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.connection import HiredisRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
-_SERIALIZER = HiredisRespSerializer()
+_SERIALIZER = HiredisRespSerializer()  # type: ignore[no-untyped-call, unused-ignore]
 _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 

@@ -115,4 +115,4 @@ class ChannelSubscriptions:
                 backoff_s = min(MAX_BACKOFF_S, backoff_s * 2)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]

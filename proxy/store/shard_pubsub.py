@@ -363,7 +363,7 @@ class _NodeReader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         with contextlib.suppress(Exception):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
         with contextlib.suppress(Exception):
             await self._pool.disconnect()
 
