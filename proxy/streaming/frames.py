@@ -25,15 +25,31 @@ def snapshot_frame(ref: ResourceRef, snap: Snapshot, event_id: str) -> bytes:
     return event_frame(ref.kind.event, event_id, body)
 
 
-def single_frame(ref: ResourceRef, snap: Snapshot) -> bytes:
-    """``snapshot_frame`` with the version as id, rendered once per (resource, version)."""
-    frame = _FRAMES.get((snap.key, snap.version))
-    if frame is None:
-        frame = snapshot_frame(ref, snap, str(snap.version))
-        if len(_FRAMES) >= _FRAMES_MAX:
-            _FRAMES.clear()
-        _FRAMES[(snap.key, snap.version)] = frame
-    return frame
+class _SingleFrames:
+    """``single_frame``'s memo: the last snapshot's frame by identity, since a fan-out asks for
+    the same snapshot's frame once per stream in a row, then the rest by (resource, version)."""
+
+    __slots__ = ("frame", "snap")
+
+    def __init__(self) -> None:
+        self.snap: Snapshot | None = None
+        self.frame = b""
+
+    def __call__(self, ref: ResourceRef, snap: Snapshot) -> bytes:
+        if snap is self.snap:
+            return self.frame
+        frame = _FRAMES.get((snap.key, snap.version))
+        if frame is None:
+            frame = snapshot_frame(ref, snap, str(snap.version))
+            if len(_FRAMES) >= _FRAMES_MAX:
+                _FRAMES.clear()
+            _FRAMES[(snap.key, snap.version)] = frame
+        self.snap, self.frame = snap, frame
+        return frame
+
+
+# ``snapshot_frame`` with the version as id, rendered once per (resource, version).
+single_frame = _SingleFrames()
 
 
 def error_frame(ref: ResourceRef, exc: ProxyError, request_id: str) -> bytes:

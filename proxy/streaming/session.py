@@ -285,25 +285,33 @@ class StreamSession:
             self._mark_done(slot)
 
     def _write_now(self, key: str) -> bool:
-        """The fan-out fast path; False leaves ``key`` to the task (errors, 404s, a busy socket)."""
+        """The fan-out fast path; False leaves ``key`` to the task (errors, 404s, a busy socket).
+
+        It runs once per watching stream inside one put, so it calls as little as it can.
+        """
         slot = self._slots.get(key)
         if slot is None or slot.done or slot.first is not None:
             return False
         snap = self._feed.latest(key)
-        if snap is None or not _servable(snap):
+        if snap is None or snap.status_code != 200 or not snap.body:  # not _servable
             return False
         if snap.version <= slot.sent_version:
             return True
-        if self._past_exp():
+        if self.expires_at is not None and self._past_exp():
             return False  # the task ends the stream; nothing goes out at or after exp
-        assert self._sink is not None and self._loop is not None
-        if not self._sink.send_now(self._frame(slot, snap)):
+        sink, loop = self._sink, self._loop
+        if sink is None or loop is None:
             return False
-        self._commit(slot, snap)
+        frame = single_frame(slot.ref, snap) if self.single else self._frame(slot, snap)
+        if not sink.send_now(frame):
+            return False
+        slot.sent_version = snap.version
         self._stats.stream_events += 1
-        self.last_write = self._loop.time()
-        if self.finished:
-            self._wake()  # the task ends the stream
+        self.last_write = loop.time()
+        if snap.terminal:
+            self._mark_done(slot)
+            if self.finished:
+                self._wake()  # the task ends the stream
         return True
 
     def _render(self, slot: _Slot) -> bytes:

@@ -58,6 +58,19 @@ class EventStream(web.StreamResponse):
     ``Transfer-Encoding`` header says, so order with ``send``'s writes is kept.
     """
 
+    # Slots, not the instance dict, for what a fan-out reads once per stream (and less memory).
+    __slots__ = (
+        "_direct",
+        "_done",
+        "_framed",
+        "_hold",
+        "_on_close",
+        "_request",
+        "_session",
+        "_timeout_s",
+        "_transport",
+    )
+
     def __init__(
         self,
         request: web.Request,
