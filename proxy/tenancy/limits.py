@@ -10,13 +10,11 @@ to Redis only in batches or in the background:
 * ``max_streams``: a per-tenant sorted set of stream slots (score = expiry), taken and given back
   with one round trip each and kept alive by their holder, so a crashed replica's slots lapse.
 
-No loop of their own: ``sync_request`` says what the interest flush should write for them (sent
-with its own writes, in one round trip), ``sync_applied`` / ``sync_failed`` take the outcome back
-(a failed flush's entries go again with the next one); ``sync`` does the same on its own.
-
-Redis trouble never turns into client errors or waits here: while Redis is down (or slower than
-200 ms to hand out permits) each replica enforces the limits on its own, says so once in the
-log, and goes back to the cluster-wide limits when Redis answers again.
+No loop of their own: the interest flush writes what ``sync_request`` asks in its own round trip
+and reports back (``sync_applied``; ``sync_failed`` keeps the entries for the next flush).
+``sync`` does the same alone. Redis trouble never becomes a client error or a wait: while Redis
+is down (or over 200 ms late with permits) each replica enforces the limits alone, says so once
+in the log, and goes back to the cluster-wide limits when Redis answers.
 """
 
 from __future__ import annotations
