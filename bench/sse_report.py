@@ -59,8 +59,8 @@ def build_report(
     report.add(
         "fan-out to the last subscriber p50 / p99",
         _ms(fo, "last_subscriber_ms"),
-        "p99 <= 100 ms",
-        fo["last_subscriber_ms"]["p99"] <= 100,
+        "p99 <= 30 ms",  # issue 11 (issue 3 asked 100 ms; the ladder still climbs on that)
+        fo["last_subscriber_ms"]["p99"] <= 30,
     )
     report.add("fan-out to the first subscriber p50 / p99", _ms(fo, "first_subscriber_ms"))
     report.add("every delivery p50 / p99 (streams)", _ms(fo, "every_delivery_ms"))
