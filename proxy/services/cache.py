@@ -49,7 +49,7 @@ class SnapshotCache:
         self._entries: dict[str, Snapshot] = {}
         # Per key, listeners in the order they came (a dict, not a set): a fan-out walks them
         # in that order, so streams opened together, whose objects sit together, are written
-        # together (measured: 0.85 against 1.2-1.6 us of Python per stream, bench fanout).
+        # together (bench fanout: 0.82-0.86 against 1.00-1.27 us of Python per stream).
         self._listeners: dict[str, dict[Listener, None]] = {}
 
     def __len__(self) -> int:

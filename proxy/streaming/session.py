@@ -293,7 +293,8 @@ class StreamSession:
         if slot is None or slot.done or slot.first is not None:
             return False
         snap = self._feed.latest(key)
-        if snap is None or snap.status_code != 200 or not snap.body:  # not _servable
+        # _servable, inlined: one call less per stream is measurable in bench fanout.
+        if snap is None or snap.status_code != 200 or not snap.body:
             return False
         if snap.version <= slot.sent_version:
             return True
@@ -305,13 +306,11 @@ class StreamSession:
         frame = single_frame(slot.ref, snap) if self.single else self._frame(slot, snap)
         if not sink.send_now(frame):
             return False
-        slot.sent_version = snap.version
+        self._commit(slot, snap)
         self._stats.stream_events += 1
         self.last_write = loop.time()
-        if snap.terminal:
-            self._mark_done(slot)
-            if self.finished:
-                self._wake()  # the task ends the stream
+        if snap.terminal and self.finished:
+            self._wake()  # the task ends the stream
         return True
 
     def _render(self, slot: _Slot) -> bytes:
